@@ -1,0 +1,191 @@
+"""The whole culture-neuron experiment as one call: `run_experiment(ExperimentConfig)`.
+
+    languages, cultures --split--> selection / held-out text
+    selection text --collect--> stats_language, stats_culture --identify--> neuron sets
+    neuron sets --culture_categories--> language, culture, compound, pure, generic
+    (later stages add the Δ NLL evaluation and the report)
+
+Everything is written into a fresh temporary folder beside ``out``; only when every stage has
+succeeded does it replace ``out``, so a failing run never damages an earlier result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tl_culture._io import write_json_atomic, write_text_atomic
+from tl_culture.corpus import Corpus, as_corpora, demo_corpora
+from tl_culture.errors import TLCultureError
+from tl_culture.lape import identify
+from tl_culture.neurons import NeuronSet, culture_categories
+from tl_culture.stats import ActivationStats, collect
+
+CATEGORIES = ("language", "culture", "compound", "pure", "generic")
+
+
+@dataclass
+class ExperimentConfig:
+    """Settings of one culture-neuron experiment.
+
+    Attributes:
+        out: output folder (replaced atomically at the end).
+        model: model spec for `load_model` (``"default"`` = embedded Gemma 3 270M).
+        languages: language name -> corpus spec; empty = the demo corpus.
+        cultures: culture name -> corpus spec; empty = the demo corpus.
+        pairs: culture -> language, where the names differ.
+        seq_len, batch_size, max_tokens: collection settings (``max_tokens`` per group).
+        eval_fraction: share of each corpus's documents held out for evaluation.
+        top_rate, filter_rate, activation_bar_ratio: LAPE constants.
+        seed: seed of the held-out split and of the controls.
+        device, dtype: where and how to run the model.
+    """
+
+    out: str
+    model: str = "default"
+    languages: dict[str, str] = field(default_factory=dict)
+    cultures: dict[str, str] = field(default_factory=dict)
+    pairs: dict[str, str] = field(default_factory=dict)
+    seq_len: int = 256
+    batch_size: int = 8
+    max_tokens: int | None = None
+    eval_fraction: float = 0.15
+    top_rate: float = 0.01
+    filter_rate: float = 0.95
+    activation_bar_ratio: float = 0.95
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 2:
+            raise TLCultureError(f"--seq-len must be at least 2, got {self.seq_len}")
+        if self.batch_size < 1:
+            raise TLCultureError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise TLCultureError(f"--max-tokens must be positive, got {self.max_tokens}")
+        for name in ("eval_fraction", "top_rate", "filter_rate", "activation_bar_ratio"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise TLCultureError(f"{name.replace('_', '-')} must be in (0, 1), got {v}")
+        if bool(self.languages) != bool(self.cultures):
+            raise TLCultureError("give both --language and --culture corpora, or neither for the demo corpus")
+        unknown = [c for c in self.pairs if c not in self.cultures]
+        if unknown:
+            raise TLCultureError(f"--pair names unknown cultures {unknown}; cultures are {list(self.cultures)}")
+
+    def load_corpora(self) -> tuple[dict[str, Corpus], dict[str, Corpus]]:
+        """(languages, cultures) as named corpora."""
+        if not self.languages:
+            return demo_corpora()
+        return as_corpora(self.languages), as_corpora(self.cultures)
+
+
+@dataclass
+class ExperimentResult:
+    """What `run_experiment` produced (also on disk in ``out``)."""
+
+    out: Path
+    stats_language: ActivationStats
+    stats_culture: ActivationStats
+    categories: dict[str, NeuronSet]
+    heldout: dict[str, Corpus]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def split_all(corpora: dict[str, Corpus], fraction: float, seed: int) -> tuple[dict[str, Corpus], dict[str, Corpus]]:
+    """Split every corpus into (selection, held-out)."""
+    sel, held = {}, {}
+    for name, c in corpora.items():
+        sel[name], held[name] = c.split(fraction, seed)
+    return sel, held
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    backup = None
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, backup)
+    os.replace(tmp, out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult:
+    """Run statistics, selection and culture categories (and the later stages) into ``cfg.out``.
+
+    Args:
+        cfg: the experiment settings.
+        model: an already loaded TransformerLens model; loaded from ``cfg.model`` when None.
+    """
+    from tl_culture.models import load_model
+
+    t0 = time.perf_counter()
+    languages, cultures = cfg.load_corpora()
+    pairs = {c: cfg.pairs.get(c, c) for c in cultures}
+    missing = sorted({lang for lang in pairs.values() if lang not in languages})
+    if missing:
+        raise TLCultureError(
+            f"cultures pair with languages {missing} that have no --language corpus; add them or use --pair"
+        )
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if model is None:
+            model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        lang_sel, lang_held = split_all(languages, cfg.eval_fraction, cfg.seed)
+        cult_sel, cult_held = split_all(cultures, cfg.eval_fraction, cfg.seed)
+        kw = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens, progress=cfg.progress)
+        stats_l = collect(model, lang_sel, **kw)
+        stats_c = collect(model, cult_sel, **kw)
+        stats_l.save(tmp / "stats_language.safetensors")
+        stats_c.save(tmp / "stats_culture.safetensors")
+        lape_kw = dict(top_rate=cfg.top_rate, filter_rate=cfg.filter_rate, activation_bar_ratio=cfg.activation_bar_ratio)
+        neurons_l = identify(stats_l, **lape_kw)
+        neurons_c = identify(stats_c, **lape_kw)
+        cats = culture_categories(neurons_l, neurons_c, pairs)
+        (tmp / "neurons").mkdir()
+        neurons_l.save(tmp / "neurons" / "languages.safetensors")
+        for name, ns in cats.items():
+            ns.save(tmp / "neurons" / f"{name}.safetensors")
+        write_text_atomic(tmp / "neurons.txt", neuron_report(neurons_l, cats))
+        heldout = {**{f"lang:{k}": v for k, v in lang_held.items()}, **{f"cult:{k}": v for k, v in cult_held.items()}}
+        result = ExperimentResult(out, stats_l, stats_c, cats, heldout, {"languages": neurons_l, "pairs": pairs})
+        summary = {
+            "config": asdict(cfg),
+            "model": stats_l.meta.get("model"),
+            "n_layers": stats_l.n_layers,
+            "d_mlp": stats_l.d_mlp,
+            "tokens_language": dict(zip(stats_l.groups, stats_l.tokens.tolist())),
+            "tokens_culture": dict(zip(stats_c.groups, stats_c.tokens.tolist())),
+            "neurons": {name: ns.counts() for name, ns in {"languages": neurons_l, **cats}.items()},
+            "pairs": pairs,
+        }
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json_atomic(tmp / "summary.json", summary)
+        _swap_into_place(tmp, out)
+        result.out = out
+        return result
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def neuron_report(languages: NeuronSet, categories: dict[str, NeuronSet]) -> str:
+    """The plain-text neuron tables of a run."""
+    parts = ["# Language neurons (LAPE on the language corpora)", languages.table(), ""]
+    for name in CATEGORIES:
+        parts += [f"# {name}", categories[name].table(), ""]
+    j = categories["culture"].jaccard(categories["language"])
+    parts.append("# Jaccard(culture_c, language_l(c)) per culture")
+    parts.append(json.dumps({g: round(float(j[i, i]), 4) for i, g in enumerate(categories["culture"].groups)}))
+    return "\n".join(parts) + "\n"
