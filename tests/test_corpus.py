@@ -1,0 +1,93 @@
+"""Corpora: files, folders, JSONL, splits and tokenization into rows."""
+
+import json
+
+import pytest
+import torch
+
+from tl_culture import TLCultureError, demo_corpora, load_corpus, load_murel
+from tl_culture.corpus import DEMO_LANGUAGES, encode
+
+
+def test_folder_sorted_and_lines_are_documents(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.txt").write_text("third\n\nfourth\n", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("  first \nsecond", encoding="utf-8")
+    (tmp_path / "skip.md").write_text("not text", encoding="utf-8")
+    c = load_corpus(tmp_path, name="x")
+    assert c.documents == ["first", "second", "third", "fourth"]
+    assert c.name == "x" and len(c.fingerprint) == 16
+    assert load_corpus(tmp_path).fingerprint == c.fingerprint
+
+
+def test_jsonl_and_errors(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"text": "eins"}) + "\n\n" + json.dumps({"text": "zwei"}) + "\n", encoding="utf-8")
+    assert load_corpus(p).documents == ["eins", "zwei"]
+    with pytest.raises(TLCultureError, match="no field 'body'"):
+        load_corpus(p, text_field="body")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Grüße".encode("latin-1"))
+    with pytest.raises(TLCultureError, match="not UTF-8 text"):
+        load_corpus(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(TLCultureError, match="is empty"):
+        load_corpus(empty)
+    with pytest.raises(TLCultureError, match="no such file or folder"):
+        load_corpus(tmp_path / "missing.txt")
+
+
+def test_split_is_deterministic_disjoint_and_parallel():
+    docs = [f"doc {i}" for i in range(40)]
+    c = load_corpus(docs, name="a")
+    sel, held = c.split(0.25, seed=3)
+    assert len(held.documents) == 10 and len(sel.documents) == 30
+    assert set(sel.documents).isdisjoint(held.documents)
+    assert sorted(sel.documents + held.documents) == sorted(docs)
+    assert c.split(0.25, seed=3)[1].documents == held.documents
+    other = load_corpus([f"Dokument {i}" for i in range(40)], name="b")
+    assert [d.split()[1] for d in other.split(0.25, seed=3)[1].documents] == [d.split()[1] for d in held.documents]
+    with pytest.raises(TLCultureError, match="needs two or more"):
+        load_corpus(["only"]).split()
+
+
+def test_encode_packs_with_separator_and_bos(tiny_hf_model):
+    tok = tiny_hf_model.tokenizer
+    docs = ["the cat sat on the mat", "der Hund schläft", "кошка спит"]
+    c = load_corpus(docs, name="x")
+    rows = encode(c, tok, seq_len=8)
+    ids = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    sep = tok("\n\n", add_special_tokens=False)["input_ids"]
+    stream = ids[0] + sep + ids[1] + sep + ids[2]
+    assert rows.n_tokens == len(stream)
+    assert (rows.input_ids[:, 0] == tok.bos_token_id).all()
+    got = rows.input_ids[:, 1:][rows.count_mask[:, 1:]].tolist()
+    assert got == stream
+    assert not rows.count_mask[:, 0].any()
+    capped = encode(c, tok, seq_len=8, max_tokens=5)
+    assert capped.n_tokens == 5 and capped.input_ids[0, 1:6].tolist() == stream[:5]
+    unpacked = encode(c, tok, seq_len=64, pack=False)
+    assert len(unpacked) == 3 and unpacked.count_mask.sum(1).tolist() == [len(i) for i in ids]
+
+
+def test_pretokenized_rows_count_every_position():
+    rows = torch.arange(24).view(4, 6)
+    r = encode(load_corpus(rows, name="t"), None, seq_len=6, max_tokens=10)
+    assert r.n_tokens == 10 and len(r) == 2
+
+
+def test_demo_corpus_and_murel_layout(tmp_path):
+    langs, cults = demo_corpora()
+    assert list(langs) == list(cults) == list(DEMO_LANGUAGES)
+    assert all(len(c) >= 30 for c in [*langs.values(), *cults.values()])
+    (tmp_path / "data" / "xx").mkdir(parents=True)
+    (tmp_path / "data" / "xx" / "a.txt").write_text("one\ntwo\n", encoding="utf-8")
+    m = load_murel(tmp_path, ["xx"])
+    assert m["xx"].documents == ["one", "two"]
+
+
+def test_shared_murel(shared_data):
+    m = load_murel(shared_data / "murel")
+    assert sorted(m) == ["da", "de", "en", "fa", "ru", "zh"]
+    assert m["fa"].documents[0] == (shared_data / "murel/fa/WVS_FA_sentences.txt").read_text("utf-8").splitlines()[0].strip()
