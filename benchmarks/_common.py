@@ -1,0 +1,243 @@
+"""Helpers shared by the benchmark scripts: machine facts, benchmark rows, interleaved timing, FLOP counts.
+
+Every script in this folder runs as ``python benchmarks/<name>.py`` and can also be imported
+(the smoke tests call ``main(argv)``), so this module is imported as ``_common`` after the
+scripts put their own folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+LANGUAGES = ("en", "de", "da", "zh", "ru", "fa")
+
+if str(ROOT) not in sys.path:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from tl_culture.errors import TLCultureError  # noqa: E402
+
+
+# --------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    """Where a benchmark ran: CPU model, cores, RAM, torch threads, GPU."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "ram_gib": ram_gib,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+# --------------------------------------------------------------------------- models
+def hf_source(spec: str) -> str:
+    """The HF folder or hub name behind a `tl_culture.load_model` spec."""
+    if spec == "default":
+        from tl_culture.models import default_model_dir
+
+        return str(default_model_dir())
+    return spec
+
+
+def load_plain_hf(spec: str, dtype: torch.dtype, device: torch.device) -> Any:
+    """A second, untouched HF copy of the model (no TransformerLens bridge around its modules).
+
+    `TransformerBridge` replaces the HF model's submodules with bridge components in place, so
+    ``bridge.original_model`` no longer runs plain HF code; the floor needs its own copy.
+    """
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(hf_source(spec), dtype=dtype).to(device).eval()
+
+
+def hf_layers(hf: Any) -> list[Any]:
+    """The decoder blocks of a HF causal LM (Llama/Gemma/Qwen ``model.layers``, GPT-2 ``transformer.h``)."""
+    body = hf.base_model
+    for attr in ("layers", "h", "blocks"):
+        if hasattr(body, attr):
+            return list(getattr(body, attr))
+    raise TLCultureError(f"cannot find the decoder blocks of {type(hf).__name__}; use a Llama/Gemma/GPT-2-style model")
+
+
+def hf_act_module(layer: Any) -> torch.nn.Module:
+    """The activation-function module of a block's MLP: its output is act_fn(gate) (gated) or act_fn(fc) (dense)."""
+    mlp = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
+    for attr in ("act_fn", "act", "activation_fn"):
+        mod = getattr(mlp, attr, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    raise TLCultureError(f"cannot find the MLP activation module of {type(layer).__name__}")
+
+
+# --------------------------------------------------------------------------- data
+def bench_texts(languages: Sequence[str] = LANGUAGES) -> list[str]:
+    """FLORES sentences of ``languages`` from ../shared/data, else the packaged demo corpus."""
+    flores = SHARED_DATA / "flores"
+    docs: list[str] = []
+    for lang in languages:
+        path = flores / f"{lang}.txt"
+        if path.is_file():
+            docs += [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+    if not docs:
+        from tl_culture.corpus import demo_corpora
+
+        langs, _ = demo_corpora()
+        docs = [d for c in langs.values() for d in c.documents]
+    return docs
+
+
+def bench_rows(model: Any, tokens: int, seq_len: int) -> Int[torch.Tensor, "row pos"]:
+    """``int64[row, seq_len]`` packed rows holding at least ``tokens`` tokens, each row starting with BOS.
+
+    Multilingual FLORES text, tokenized and packed by `tl_culture.corpus.encode`; repeated when the
+    text is shorter than ``tokens``. Every method of a benchmark runs on exactly these rows.
+    """
+    from tl_culture.corpus import Corpus, encode
+
+    if tokens < 1 or seq_len < 2:
+        raise TLCultureError(f"--tokens must be positive and --seq-len at least 2, got {tokens}, {seq_len}")
+    tok = getattr(model, "tokenizer", None)
+    docs = bench_texts()
+    rows = encode(Corpus("bench", documents=docs), tok, seq_len, pack=True).input_ids
+    full = rows[: max(1, len(rows) - 1)]  # the last row may be short (padded): drop it
+    if full.shape[1] != seq_len:
+        raise TLCultureError(f"the benchmark text gives rows of {full.shape[1]} tokens, not {seq_len}; lower --seq-len")
+    n_rows = -(-tokens // seq_len)
+    reps = -(-n_rows // len(full))
+    return full.repeat(reps, 1)[:n_rows].contiguous()
+
+
+# --------------------------------------------------------------------------- timing
+def interleaved(
+    methods: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True, extra: Callable[[], None] | None = None
+) -> dict[str, list[float]]:
+    """Wall seconds of each method, ``repeats`` rounds, rotating the order every round.
+
+    On a shared machine, load changes over minutes; running every method once per round (in a
+    rotating order) exposes all of them to the same load, so medians and ratios stay comparable.
+    ``extra`` runs once per round (e.g. a matmul FLOP/s probe).
+    """
+    names = list(methods)
+    if warmup:
+        for name in names:
+            methods[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - t0)
+        if extra is not None:
+            extra()
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5, device: torch.device | None = None) -> float:
+    """Median FLOP/s of an ``n x n @ n x n`` float32 matmul on ``device`` (2 n^3 FLOPs each)."""
+    device = device or torch.device("cpu")
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    ts = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / median(ts)
+
+
+def body_flops_per_token(cfg: Any, seq_len: int) -> float:
+    """Matmul FLOPs per token of the transformer body (no embedding lookup, no unembedding).
+
+    Per layer, with d = d_model, H query heads, K key/value heads of width h, m = d_mlp, T = seq_len:
+
+        linear    = 2 (d H h + 2 d K h + H h d + k d m)        k = 3 gated, 2 dense
+        attention = 2 * 2 H h (T + 1) / 2                      (QK^T and AV; causal average context)
+
+    Multiply by n_layers. Norms, activations and softmax are not counted (they are not matmuls).
+    """
+    d, H, h, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    K = getattr(cfg, "n_key_value_heads", None) or H
+    k = 3 if getattr(cfg, "gated_mlp", False) else 2
+    linear = 2 * (d * H * h + 2 * d * K * h + H * h * d + k * d * m)
+    attention = 2 * 2 * H * h * (seq_len + 1) / 2
+    return float(cfg.n_layers * (linear + attention))
+
+
+def unembed_flops_per_token(cfg: Any) -> float:
+    """Matmul FLOPs per token of the unembedding: 2 d_model d_vocab."""
+    return float(2 * cfg.d_model * cfg.d_vocab)
+
+
+# --------------------------------------------------------------------------- output
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON atomically (creating the folder); returns the path."""
+    from tl_culture._io import write_json_atomic
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(p, obj)
+    return p
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (prints fine in a terminal, pastes into the README)."""
+
+    def fmt(x: Any) -> str:
+        if isinstance(x, float):
+            return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+        return str(x)
+
+    cells = [[fmt(x) for x in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=False)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=False)) + " |" for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False)

@@ -1,0 +1,250 @@
+"""Smoke tests of the benchmark scripts (tiny HF checkpoint, small sizes) and checks of their helpers.
+
+No timing asserts: the numbers checked are FLOP counts, shares, set algebra and count exactness.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tl_culture.errors import TLCultureError
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def C():
+    return _load("_common")
+
+
+# --------------------------------------------------------------------------- helpers
+def test_body_flops_match_hand_count(C):
+    cfg = SimpleNamespace(
+        d_model=4, n_heads=2, d_head=2, n_key_value_heads=1, d_mlp=8, n_layers=3, gated_mlp=True, d_vocab=10
+    )
+    # linear = 2 (4*2*2 + 2*4*1*2 + 2*2*4 + 3*4*8) = 288; attention = 2*2*2*2*(3+1)/2 = 32; 3 layers
+    assert C.body_flops_per_token(cfg, seq_len=3) == 3 * (288 + 32)
+    assert C.unembed_flops_per_token(cfg) == 2 * 4 * 10
+    dense = SimpleNamespace(**{**vars(cfg), "gated_mlp": False, "n_key_value_heads": None})
+    # dense, K = H = 2: linear = 2 (16 + 2*4*2*2 + 16 + 2*4*8) = 256
+    assert C.body_flops_per_token(dense, seq_len=3) == 3 * (256 + 32)
+
+
+def test_table_and_interleaved_order(C):
+    assert C.table(["a", "bb"], [[1, 2.5]]).splitlines() == ["| a | bb  |", "|---|-----|", "| 1 | 2.5 |"]
+    calls = []
+    times = C.interleaved({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, repeats=2, warmup=False)
+    assert calls == ["x", "y", "y", "x"]  # the order rotates every round
+    assert [len(v) for v in times.values()] == [2, 2]
+
+
+def test_bench_rows_shape_and_error(C, tiny_hf_model):
+    rows = C.bench_rows(tiny_hf_model, tokens=100, seq_len=16)
+    assert rows.shape == (7, 16)  # ceil(100 / 16) rows
+    assert (rows[:, 0] == tiny_hf_model.tokenizer.bos_token_id).all()
+    with pytest.raises(TLCultureError, match=r"--tokens must be positive and --seq-len at least 2, got 0, 16"):
+        C.bench_rows(tiny_hf_model, tokens=0, seq_len=16)
+
+
+def test_layer_shares_and_diagonal_dominance():
+    cm = _load("compare_models")
+    mask = torch.zeros(8, 4, dtype=torch.bool)
+    mask[0, :2] = True  # 2 in layer 0 (first 2)
+    mask[3, :1] = True  # 1 in layer 3 (middle half = layers 2..5)
+    mask[7, :] = True  # 4 in layer 7 (last quarter = layers 6, 7)
+    assert cm.layer_shares(mask) == {"first2": 2 / 7, "middle_half": 1 / 7, "last_quarter": 4 / 7}
+    assert cm.layer_shares(torch.zeros(8, 4, dtype=torch.bool))["first2"] is None
+    delta = torch.tensor([[0.5, 0.1, 0.1], [0.2, 0.1, 0.4], [0.0, 0.0, 0.0]])
+    d = cm.diagonal_dominance(delta, ["a", "b", "c"], ["a", "b", "c"], sizes=[3, 3, 0])
+    # row a: wins, margin 0.5 - 0.1 = 0.4; row b: loses, margin 0.1 - 0.3 = -0.2; row c: no neurons, left out
+    assert d["rows"] == 2 and d["dominance"] == 0.5
+    assert d["margin"] == pytest.approx(0.1)
+
+
+def test_upper_layer_sets_counts_and_errors():
+    ev = _load("evaluation")
+    ns = ev.upper_layer_sets(n_layers=6, d_mlp=10, groups=3, neurons=7, start=4, seed=0)
+    assert ns.counts() == {"g0": 7, "g1": 7, "g2": 7}
+    assert not ns.masks[:, :4].any()
+    assert ns.masks[0].sum(1).tolist() == [0, 0, 0, 0, 4, 3]
+    with pytest.raises(TLCultureError, match=r"--start-layer 6 is outside the model's 0..5"):
+        ev.upper_layer_sets(6, 10, 2, 3, start=6, seed=0)
+    with pytest.raises(TLCultureError, match=r"--neurons 21 exceeds the 20 neurons of layers >= 4"):
+        ev.upper_layer_sets(6, 10, 2, 21, start=4, seed=0)
+
+
+# --------------------------------------------------------------------------- smoke: scripts on a tiny model
+def test_throughput_smoke(tiny_hf_dir, tmp_path):
+    tp = _load("throughput")
+    out_path = tmp_path / "tp.json"
+    out = tp.main(
+        [
+            "--model",
+            str(tiny_hf_dir),
+            "--tokens",
+            "64",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(out_path),
+        ]
+    )
+    assert out["tokens"] == 64
+    assert set(out["methods"]) == {
+        "hf_body",
+        "bridge_logits",
+        "collect",
+        "collect_nosums",
+        "bridge_stop",
+        "hf_stop_count",
+        "run_with_cache",
+        "hf_hook_batch1",
+    }
+    # every hand-written counter reproduces collect's counts exactly on the same rows
+    for name in ("collect_nosums", "hf_stop_count", "run_with_cache", "hf_hook_batch1"):
+        assert out["methods"][name]["counts_vs_collect"]["max_abs_diff"] == 0, name
+    m = out["methods"]["collect"]
+    assert m["tokens_per_s"] == pytest.approx(64 / m["median_s"])
+    assert out["ratios"]["collect_vs_hf_body"] == pytest.approx(
+        out["methods"]["collect"]["tokens_per_s"] / out["methods"]["hf_body"]["tokens_per_s"]
+    )
+    assert json.loads(out_path.read_text())["benchmark"] == "throughput"
+    with pytest.raises(SystemExit, match="unknown method"):
+        tp.main(
+            [
+                "--model",
+                str(tiny_hf_dir),
+                "--tokens",
+                "16",
+                "--seq-len",
+                "16",
+                "--methods",
+                "nope",
+                "--out",
+                str(tmp_path / "x.json"),
+            ]
+        )
+
+
+def test_memory_worker_counts_match_collect(tiny_hf_model, C):
+    mem = _load("memory")
+    rows = C.bench_rows(tiny_hf_model, tokens=48, seq_len=16)
+    ref = mem.run_method("collect", tiny_hf_model, rows, 2)
+    for method in ("run_with_cache_store", "run_with_cache_batch"):
+        assert torch.equal(mem.run_method(method, tiny_hf_model, rows, 2), ref), method
+
+
+def test_memory_smoke(tiny_hf_dir, tmp_path):
+    mem = _load("memory")
+    out = mem.main(
+        [
+            "--model",
+            str(tiny_hf_dir),
+            "--sizes",
+            "32,64",
+            "--methods",
+            "collect",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--out",
+            str(tmp_path / "mem.json"),
+        ]
+    )
+    runs = out["runs"]["collect"]
+    assert [r["tokens"] for r in runs] == [32, 64]
+    assert all(r["peak_rss_mib"] >= r["base_rss_mib"] > 0 for r in runs)
+    g = out["growth"]["collect"]
+    assert g["tokens_ratio"] == 2 and g["peak_rss_ratio"] == pytest.approx(
+        runs[1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]
+    )
+    assert (tmp_path / "mem.png").stat().st_size > 1000
+
+
+def test_memory_worker_failure_message(tmp_path):
+    mem = _load("memory")
+    args = mem.parse(["--model", str(tmp_path / "missing"), "--seq-len", "16"])
+    with pytest.raises(TLCultureError, match=r"memory worker collect at 64 tokens failed \(rc 1\): .*does not exist"):
+        mem.measure(args, "collect", 64)
+
+
+def test_evaluation_smoke(tiny_hf_dir, tmp_path):
+    ev = _load("evaluation")
+    out = ev.main(
+        [
+            "--model",
+            str(tiny_hf_dir),
+            "--groups",
+            "2",
+            "--neurons",
+            "4",
+            "--start-layer",
+            "1",
+            "--eval-tokens",
+            "16",
+            "--seq-len",
+            "16",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "ev.json"),
+        ]
+    )
+    (r,) = out["results"]
+    assert r["shared_prefix_used"] is True
+    assert r["max_abs_delta_diff"] < 1e-9  # shared lower layers give the naive loop's numbers
+    assert r["speedup"] == pytest.approx(r["median_naive_s"] / r["median_shared_s"])
+
+
+def test_compare_models_smoke(tiny_hf_dir, tmp_path, shared_data):
+    cm = _load("compare_models")
+    out = cm.main(
+        [
+            "--model",
+            str(tiny_hf_dir),
+            "--max-tokens",
+            "128",
+            "--seq-len",
+            "32",
+            "--eval-tokens",
+            "32",
+            "--quiet",
+            "--out",
+            str(tmp_path / "cmp.json"),
+        ]
+    )
+    (m,) = out["models"]
+    n = m["neurons"]
+    for g in out["cultures"]:  # culture = compound ⊔ pure, per group
+        assert n["compound"][g] + n["pure"][g] == n["culture"][g]
+    assert m["union"]["language"] == 1  # round(2 layers x 48 neurons x 1 %)
+    assert set(m["delta_nll"]) == {"language", "culture"}
+    assert len(m["delta_nll"]["culture"]["delta"]) == 6
+
+
+def test_compare_models_missing_language(tmp_path):
+    cm = _load("compare_models")
+    args = cm.parse(["--model", "x", "--language-dir", str(tmp_path), "--languages", "en"])
+    with pytest.raises(TLCultureError, match=r"no en.txt in .*; pass --language-dir with one LANG.txt per language"):
+        cm.load_corpora(args)
