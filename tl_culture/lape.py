@@ -65,7 +65,10 @@ def identify(
         _check_rate(name, v)
     G, L, N = stats.counts.shape
     if G < 2:
-        raise TLCultureError(f"LAPE needs at least two groups to compare, got {G} ({stats.groups})")
+        raise TLCultureError(
+            f"LAPE needs at least two groups to compare, got {G} ({stats.groups}); "
+            "collect statistics of two or more corpora"
+        )
     if (stats.tokens == 0).any():
         empty = [g for g, t in zip(stats.groups, stats.tokens.tolist()) if t == 0]
         raise TLCultureError(f"groups {empty} have no tokens; give them text")

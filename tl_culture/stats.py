@@ -8,18 +8,37 @@ For every group k, layer l and neuron j (Tang et al. 2024):
     P[k, l, j]      = counts[k, l, j] / tokens[k]
 
 The statistic is read at ``blocks.{l}.mlp.hook_pre`` and passed through the model's activation
-function, computed in the model's dtype (as the reference does). On gated MLPs this is NOT
+function, computed in the model's dtype (as the reference does): a bfloat16 model is counted on
+its bfloat16 activations, which flips the sign of activations within bfloat16 rounding of zero
+(about 1 % of counts differ from a float32 run; see docs/scale.md). On gated MLPs this is NOT
 ``hook_post``, whose sign also depends on the up projection. Only reducing hooks run (never
 ``run_with_cache``), under ``torch.inference_mode``, and the forward stops once the last MLP hook
 has fired, so the unembedding is never computed.
+
+Exactness. Counts are integer sums over batches, so they do not depend on how the batches are
+split between processes or interrupted runs:
+
+- Data parallel (``torchrun``, see `tl_culture.distributed`): batch ``b`` of every group runs on
+  rank ``b % world_size``; the ranks ``all_reduce`` counts, tokens and sums. Counts and tokens are
+  bit-identical to a single process with the same ``batch_size``; sums equal up to float64
+  rounding of the changed addition order.
+- Resume (``checkpoint_dir``): each rank saves its partial counts, tokens and sums and the number
+  of batches done per group, atomically; a rerun continues at the next batch. The result is
+  bit-identical (sums too) to an uninterrupted run.
+- Across batch sizes and between padded and unpadded batches the counts agree exactly as long as
+  the kernels give each row the same activations whatever its batch (true of the CPU kernels in
+  the tests; GPU kernels may round a row differently in another batch shape).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +47,7 @@ from jaxtyping import Float, Int
 from tl_culture import __version__
 from tl_culture._io import load_tensors, save_tensors
 from tl_culture.corpus import Corpus, TokenRows, as_corpora, encode
+from tl_culture.distributed import all_reduce_sum, any_rank, rank_world
 from tl_culture.errors import TLCultureError
 from tl_culture.models import MLPHooks, model_device, model_name
 
@@ -69,9 +89,13 @@ class ActivationStats:
             if self.sums.shape != self.counts.shape:
                 raise TLCultureError("sums must have the shape of counts")
         if (self.counts < 0).any() or (self.tokens < 0).any():
-            raise TLCultureError("counts and tokens must be non-negative")
+            raise TLCultureError(
+                "counts and tokens must be non-negative; the statistics are corrupted, collect them again"
+            )
         if (self.counts > self.tokens[:, None, None]).any():
-            raise TLCultureError("a neuron fired on more tokens than its group has; the statistics are corrupted")
+            raise TLCultureError(
+                "a neuron fired on more tokens than its group has; the statistics are corrupted, collect them again"
+            )
 
     @property
     def n_layers(self) -> int:
@@ -115,7 +139,9 @@ class ActivationStats:
             )
         for key in ("model", "act_fn", "hook"):
             if key in self.meta and key in other.meta and self.meta[key] != other.meta[key]:
-                raise TLCultureError(f"cannot merge statistics with different {key}: {self.meta[key]} vs {other.meta[key]}")
+                raise TLCultureError(
+                    f"cannot merge statistics with different {key}: {self.meta[key]} vs {other.meta[key]}"
+                )
         groups = list(self.groups) + [g for g in other.groups if g not in self.groups]
         G = len(groups)
         counts = torch.zeros(G, self.n_layers, self.d_mlp, dtype=torch.int64)
@@ -145,12 +171,17 @@ class ActivationStats:
     def load(cls, path: str | os.PathLike) -> ActivationStats:
         """Load a file written by `save`."""
         t, meta = load_tensors(path, KIND)
-        if "counts" not in t or "tokens" not in t:
-            raise TLCultureError(f"{path}: statistics file without counts/tokens; it is corrupted")
-        return cls(meta["groups"], t["counts"], t["tokens"], t.get("sums"), meta.get("meta", {}))
+        if "counts" not in t or "tokens" not in t or not isinstance(meta.get("groups"), list):
+            raise TLCultureError(
+                f"{path}: statistics file without counts/tokens/groups; it is corrupted, collect again"
+            )
+        try:
+            return cls(meta["groups"], t["counts"], t["tokens"], t.get("sums"), meta.get("meta") or {})
+        except TLCultureError as exc:
+            raise TLCultureError(f"{path}: {exc}") from None
 
     def __repr__(self) -> str:
-        toks = ", ".join(f"{g}={n}" for g, n in zip(self.groups, self.tokens.tolist()))
+        toks = ", ".join(f"{g}={n}" for g, n in zip(self.groups, self.tokens.tolist(), strict=True))
         return f"ActivationStats({self.n_layers}x{self.d_mlp}, tokens: {toks})"
 
 
@@ -171,6 +202,18 @@ class Counter:
         self.sums = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.float64, device=device) if with_sums else None
         self.tokens = 0
         self._mask: torch.Tensor | None = None  # [batch*pos, 1] bool, None when every position counts
+
+    def start_from(
+        self,
+        counts: Int[torch.Tensor, "layer neuron"],
+        tokens: int,
+        sums: Float[torch.Tensor, "layer neuron"] | None = None,
+    ) -> None:
+        """Continue from partial results (a checkpoint): later batches add to these values."""
+        self.counts.copy_(counts)
+        self.tokens = int(tokens)
+        if self.sums is not None and sums is not None:
+            self.sums.copy_(sums)
 
     def fwd_hooks(self) -> list[tuple[str, Any]]:
         last = self.mlp.n_layers - 1
@@ -214,10 +257,183 @@ class Counter:
         return n
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, disable=not enabled, leave=False)
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit="tok", unit_scale=True, disable=not enabled, leave=False
+    )
+
+
+# --------------------------------------------------------------------------- fingerprints
+def weights_fingerprint(model: Any) -> str:
+    """sha256 (16 hex digits) of every parameter's name, shape, dtype and first/last 256 values.
+
+    Cheap (no full pass over the weights) and exact (raw bytes, no float reduction), so it tells
+    two checkpoints apart without depending on the number of threads or the device.
+    """
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+        for part in (flat[:256], flat[-256:]):
+            h.update(part.to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def rows_fingerprint(rows: TokenRows) -> str:
+    """sha256 (16 hex digits) of tokenized rows: token ids, attention and count masks."""
+    h = hashlib.sha256(str(tuple(rows.input_ids.shape)).encode())
+    for t in (rows.input_ids, rows.attention_mask, rows.count_mask):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- checkpoints
+CHECKPOINT_KIND = "CollectCheckpoint"
+_RANK_FILE = re.compile(r"^rank(\d+)\.safetensors$")
+
+
+@dataclass
+class _Progress:
+    """What one rank has counted so far: partial results and batches done per group."""
+
+    counts: Int[torch.Tensor, "group layer neuron"]
+    tokens: Int[torch.Tensor, " group"]
+    sums: Float[torch.Tensor, "group layer neuron"] | None
+    done: list[int]  # batches of this rank's share done, per group
+
+    @classmethod
+    def zeros(cls, G: int, L: int, N: int, with_sums: bool) -> _Progress:
+        sums = torch.zeros(G, L, N, dtype=torch.float64) if with_sums else None
+        return cls(torch.zeros(G, L, N, dtype=torch.int64), torch.zeros(G, dtype=torch.int64), sums, [0] * G)
+
+    def take(self, gi: int, counter: Counter) -> None:
+        """Copy the running counter of group ``gi`` into the progress (to the CPU)."""
+        self.counts[gi] = counter.counts.cpu()
+        self.tokens[gi] = counter.tokens
+        if self.sums is not None:
+            self.sums[gi] = counter.sums.cpu()
+
+
+def _describe_mismatch(key: str, old: Any, new: Any) -> str:
+    if key == "world_size":
+        return f"it was written by {old} process(es), this run has {new}"
+    if isinstance(new, dict) and isinstance(old, dict):
+        group = next((g for g in new if old.get(g) != new[g]), None) or next(iter(set(old) - set(new)), "?")
+        if key == "corpora":
+            return f"the text of group {group!r} changed (fingerprint {old.get(group)} -> {new.get(group)})"
+        if key == "rows":
+            return f"the tokenized rows of group {group!r} differ (another tokenizer?)"
+        return f"{key} of group {group!r} differs"
+    if key == "weights":
+        return f"the model weights differ (fingerprint {old} -> {new})"
+    return f"{key}={old!r}, this run has {key}={new!r}"
+
+
+class CollectCheckpoint:
+    """One rank's resumable progress of `collect`: ``{folder}/rank{r}.safetensors``.
+
+    The file holds this rank's partial ``counts``, ``tokens``, ``sums`` and, in its metadata, the
+    batches done per group and the settings it was made with (world size, model and weights
+    fingerprint, dtype, device type, groups, corpus and token-row fingerprints, seq_len, pack,
+    max_tokens, batch_size, with_sums). It is replaced atomically, so a ``kill -9`` leaves either
+    the previous or the new state, and every saved state lies on a batch boundary.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        rank: int,
+        world_size: int,
+        settings: dict[str, Any],
+        every_rows: int | None = None,
+        every_seconds: float | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.rank, self.world_size, self.settings = rank, world_size, settings
+        self.path = self.folder / f"rank{rank}.safetensors"
+        self.every_rows, self.every_seconds = every_rows, every_seconds
+        self._rows = 0
+        self._last = time.monotonic()
+
+    def problem(self) -> str | None:
+        """Why the existing checkpoint cannot be resumed by this run (None: it can, or there is none)."""
+        if self.folder.exists() and not self.folder.is_dir():
+            return f"checkpoint {self.folder} is a file, not a folder; give a folder to --checkpoint"
+        if not self.folder.is_dir():
+            return None
+        ranks = [int(m.group(1)) for p in self.folder.iterdir() if (m := _RANK_FILE.match(p.name))]
+        if ranks and max(ranks) >= self.world_size:
+            return (
+                f"checkpoint {self.folder} was written by {max(ranks) + 1} or more processes, this run has "
+                f"{self.world_size}; resume with as many processes, or give another --checkpoint folder"
+            )
+        if not self.path.is_file():
+            return None
+        try:
+            _, meta = load_tensors(self.path, CHECKPOINT_KIND)
+        except TLCultureError as exc:
+            return f"{exc} (delete {self.path} to count again)"
+        old = meta.get("settings", {})
+        for key, value in self.settings.items():
+            if old.get(key) != value:
+                why = _describe_mismatch(key, old.get(key), value)
+                return (
+                    f"checkpoint {self.folder} was made with other settings: {why}; "
+                    f"rerun with the same settings, or give another --checkpoint folder (delete it to start over)"
+                )
+        return None
+
+    def load(self, G: int, L: int, N: int, with_sums: bool) -> tuple[_Progress, bool]:
+        """The saved progress (zeros if there is none) and whether it was complete."""
+        if not self.path.is_file():
+            return _Progress.zeros(G, L, N, with_sums), False
+        t, meta = load_tensors(self.path, CHECKPOINT_KIND)
+        done = meta.get("done")
+        shape_ok = "counts" in t and tuple(t["counts"].shape) == (G, L, N) and (not with_sums or "sums" in t)
+        if not shape_ok or not isinstance(done, list) or len(done) != G:
+            raise TLCultureError(f"{self.path}: checkpoint is corrupted; delete it to count again")
+        sums = t["sums"].to(torch.float64) if with_sums else None
+        return _Progress(t["counts"].to(torch.int64), t["tokens"].to(torch.int64), sums, [int(d) for d in done]), bool(
+            meta.get("complete", False)
+        )
+
+    def due(self, rows: int) -> bool:
+        """Count ``rows`` more rows; True when a save is due (every N rows or S seconds)."""
+        self._rows += rows
+        by_rows = self.every_rows is not None and self._rows >= self.every_rows
+        by_time = self.every_seconds is not None and time.monotonic() - self._last >= self.every_seconds
+        return by_rows or by_time
+
+    def save(self, progress: _Progress, complete: bool = False) -> None:
+        """Write the progress atomically (the previous file stays valid until the new one is in place)."""
+        tensors = {"counts": progress.counts, "tokens": progress.tokens}
+        if progress.sums is not None:
+            tensors["sums"] = progress.sums
+        meta = {
+            "settings": self.settings,
+            "done": list(progress.done),
+            "complete": complete,
+            "rank": self.rank,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        save_tensors(self.path, CHECKPOINT_KIND, tensors, meta)
+        self._rows, self._last = 0, time.monotonic()
+
+
+# --------------------------------------------------------------------------- collection
+_OOM_TYPES: tuple[type[BaseException], ...] = (
+    MemoryError,
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, _OOM_TYPES) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
 
 
 def collect(
@@ -231,8 +447,20 @@ def collect(
     device: str | torch.device | None = None,
     with_sums: bool = True,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = 300.0,
+    distributed: bool | None = None,
 ) -> ActivationStats:
     """Stream every group's corpus through ``model`` and count MLP neuron activations.
+
+    Each group's rows are run in batches ``b = 0, 1, ...`` of ``batch_size`` rows. Under an
+    initialised ``torch.distributed`` process group (``torchrun``; see
+    `tl_culture.distributed.init_distributed`) rank ``r`` of ``W`` runs the batches with
+    ``b % W == r`` and the ranks ``all_reduce`` counts, tokens and sums, so every rank returns
+    the totals: counts and tokens bit-identical to one process, sums within float64 rounding.
+    The sign test runs in the model's dtype (a bfloat16 model is counted on bfloat16 activations,
+    as the reference does; see docs/scale.md for the measured difference to float32).
 
     Args:
         model: a TransformerLens model (TL 4.x `TransformerBridge` or TL 3.x `HookedTransformer`).
@@ -245,33 +473,110 @@ def collect(
         device: where to run; default the model's device.
         with_sums: also accumulate float64 activation sums (for mean activations).
         progress: show a tqdm bar with tokens/s.
+        checkpoint_dir: folder for resumable progress (one file per rank). An existing checkpoint
+            made with the same settings is resumed (a complete one is returned without running
+            the model); one made with other settings is refused.
+        checkpoint_every: save the progress every this many rows (per rank).
+        checkpoint_seconds: save the progress every this many seconds (default 300). Progress is
+            also saved at the end of every group.
+        distributed: use the initialised process group; default: whenever one is initialised.
 
     Returns:
         `ActivationStats` with one row per group, in the order of ``corpora``.
+
+    Raises:
+        TLCultureError: bad settings, an incompatible checkpoint, or out of memory (with the
+            batch size to try).
     """
     if batch_size < 1:
         raise TLCultureError(f"batch_size must be at least 1, got {batch_size}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise TLCultureError(f"checkpoint_every must be a positive number of rows, got {checkpoint_every}")
+    if checkpoint_seconds is not None and not checkpoint_seconds > 0:
+        raise TLCultureError(f"checkpoint_seconds must be positive, got {checkpoint_seconds}")
     mlp = MLPHooks.from_model(model)
     named = as_corpora(corpora)
     dev = torch.device(device) if device is not None else model_device(model)
+    rank, world = rank_world() if distributed is not False else (0, 1)  # (0, 1) without a process group
     tokenizer = getattr(model, "tokenizer", None)
     encoded = {g: encode(c, tokenizer, seq_len, pack=pack, max_tokens=max_tokens) for g, c in named.items()}
-    G = len(named)
-    counts = torch.zeros(G, mlp.n_layers, mlp.d_mlp, dtype=torch.int64)
-    sums = torch.zeros(G, mlp.n_layers, mlp.d_mlp, dtype=torch.float64) if with_sums else None
-    tokens = torch.zeros(G, dtype=torch.int64)
+    G, L, N = len(named), mlp.n_layers, mlp.d_mlp
+    meta = collect_meta(model, mlp, named, seq_len=seq_len, pack=pack, max_tokens=max_tokens)
+    meta.update(batch_size=batch_size, world_size=world)
+
+    ckpt = None
+    state, complete = _Progress.zeros(G, L, N, with_sums), False
+    if checkpoint_dir is not None:
+        settings = {
+            "world_size": world,
+            "model": meta["model"],
+            "weights": weights_fingerprint(model),
+            "neurons": f"{L}x{N}",
+            "act_fn": mlp.act_fn,
+            "dtype": meta["dtype"],
+            "device": dev.type,
+            "groups": list(named),
+            "corpora": {g: c.fingerprint for g, c in named.items()},
+            "seq_len": seq_len,
+            "pack": pack,
+            "max_tokens": max_tokens,
+            "batch_size": batch_size,
+            "with_sums": with_sums,
+            "rows": {g: rows_fingerprint(r) for g, r in encoded.items()},
+        }
+        ckpt = CollectCheckpoint(checkpoint_dir, rank, world, settings, checkpoint_every, checkpoint_seconds)
+        problem = ckpt.problem()
+        if world > 1 and any_rank(problem is not None, dev) and problem is None:
+            problem = f"another process refused checkpoint {checkpoint_dir}; see its message"
+        if problem is not None:
+            raise TLCultureError(problem)
+        state, complete = ckpt.load(G, L, N, with_sums)
+
     t0 = time.perf_counter()
     for gi, (group, rows) in enumerate(encoded.items()):
+        n_batches = -(-len(rows) // batch_size)
+        mine = range(rank, n_batches, world)
+        todo = mine[state.done[gi] :]
+        if complete or len(todo) == 0:
+            continue
+        row_tokens = rows.count_mask.sum(1)
+        total = int(sum(int(row_tokens[b * batch_size : (b + 1) * batch_size].sum()) for b in mine))
         counter = Counter(model, mlp, dev, with_sums)
-        with _progress(rows.n_tokens, f"collect {group}", progress) as bar, torch.inference_mode():
+        counter.start_from(state.counts[gi], int(state.tokens[gi]), state.sums[gi] if state.sums is not None else None)
+        desc = f"collect {group}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+        with _progress(total, desc, progress, initial=int(state.tokens[gi])) as bar, torch.inference_mode():
             with model.hooks(fwd_hooks=counter.fwd_hooks()):
-                for start in range(0, len(rows), batch_size):
-                    bar.update(counter.run_batch(rows.slice(start, start + batch_size)))
-        counts[gi] = counter.counts.cpu()
-        tokens[gi] = counter.tokens
-        if sums is not None:
-            sums[gi] = counter.sums.cpu()
-    meta = collect_meta(model, mlp, named, seq_len=seq_len, pack=pack, max_tokens=max_tokens)
+                for b in todo:
+                    batch = rows.slice(b * batch_size, (b + 1) * batch_size)
+                    try:
+                        n = counter.run_batch(batch)
+                    except Exception as exc:
+                        if not _is_oom(exc):
+                            raise
+                        fix = (
+                            f"use a smaller batch size (--batch-size {batch_size // 2})"
+                            if batch_size > 1
+                            else "use a smaller --seq-len (a batch is already one row)"
+                        )
+                        kept = "; the checkpoint keeps the progress" if ckpt is not None else ""
+                        raise TLCultureError(
+                            f"out of memory on {dev} running {len(batch)} rows x {batch.input_ids.shape[1]} tokens; "
+                            f"{fix}{kept}"
+                        ) from exc
+                    state.done[gi] += 1
+                    bar.update(n)
+                    if ckpt is not None and ckpt.due(len(batch)):
+                        state.take(gi, counter)
+                        ckpt.save(state)
+        state.take(gi, counter)
+        if ckpt is not None:
+            ckpt.save(state)
+    if ckpt is not None and not complete:
+        ckpt.save(state, complete=True)
+
+    counts, tokens, sums = state.counts, state.tokens, state.sums
+    if world > 1:
+        counts, tokens, sums = all_reduce_sum([counts, tokens, sums], dev)
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return ActivationStats(list(named), counts, tokens, sums, meta)
 
@@ -281,7 +586,10 @@ def collect_meta(
 ) -> dict[str, Any]:
     """Provenance stored with statistics: what was counted, on which model and text."""
     tok = getattr(model, "tokenizer", None)
-    dtype = getattr(getattr(model, "cfg", None), "dtype", None)
+    try:  # the weights' dtype: a TL 4.x bridge's cfg.dtype can say float32 for a bfloat16 model
+        dtype = next(model.parameters()).dtype
+    except (StopIteration, AttributeError, TypeError):
+        dtype = getattr(getattr(model, "cfg", None), "dtype", None)
     return {
         "model": model_name(model),
         "n_layers": mlp.n_layers,
@@ -294,6 +602,8 @@ def collect_meta(
         "pack": pack,
         "max_tokens": max_tokens,
         "tokenizer": getattr(tok, "name_or_path", None) if tok is not None else None,
-        "corpora": {g: {"fingerprint": c.fingerprint, "source": c.source, "documents": len(c)} for g, c in corpora.items()},
+        "corpora": {
+            g: {"fingerprint": c.fingerprint, "source": c.source, "documents": len(c)} for g, c in corpora.items()
+        },
         "tl_culture": __version__,
     }

@@ -2,7 +2,9 @@
 
 Each module of this package that defines ``register(subparsers)`` adds its subcommands; a
 subcommand sets ``func(args) -> int``. User errors (`TLCultureError`, bad files, out of memory)
-print one line ``tl-culture: error: ...`` and exit 2; ``--debug`` shows the traceback.
+print one line ``tl-culture: error: ...`` and exit 2; ``--debug`` shows the traceback. `main`
+returns the exit code (also for usage errors, ``--help`` and ``--version``), so it can be called
+in-process.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from tl_culture.errors import TLCultureError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"tl-culture: error: {message}; see tl-culture {self.prog.split()[-1]} --help\n")
+        words = self.prog.split()
+        where = f"tl-culture {words[-1]}" if len(words) > 1 else "tl-culture"
+        self.exit(2, f"tl-culture: error: {message}; see {where} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__name__}.{info.name}")
         if hasattr(module, "register"):
             module.register(sub)
+    for p in sub.choices.values():  # --debug also works after the subcommand
+        try:
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback")
+        except argparse.ArgumentError:
+            pass
     return parser
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    text = str(exc).lower()
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(exc, (MemoryError, oom)) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _one_line(exc: BaseException) -> str:
@@ -46,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tl-culture`` and ``python -m tl_culture``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed on one line
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -60,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if isinstance(exc, TLCultureError):
             msg = _one_line(exc)
-        elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        elif _is_oom(exc):
             msg = "out of memory; use a smaller --batch-size (or --seq-len)"
         elif isinstance(exc, FileNotFoundError):
             msg = f"{exc.filename}: no such file; check the path"

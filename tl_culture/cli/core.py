@@ -5,22 +5,56 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_culture.cli._common import add_collect_args, add_model_args, pairs_to_dict, unit_rate
+from tl_culture.cli._common import add_collect_args, add_model_args, pairs_to_dict, positive_int, unit_rate
 from tl_culture.errors import TLCultureError
+
+
+def _check_writable(out: str) -> None:
+    """Fail before hours of counting, not after, if ``out`` cannot be written."""
+    import tempfile
+
+    path = Path(out)
+    if path.is_dir():
+        raise TLCultureError(f"--out {out} is a folder; give a file name like stats.safetensors")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise TLCultureError(f"cannot write {out} ({why}); choose another --out") from None
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
     from tl_culture import collect, load_corpus, load_model
+    from tl_culture.distributed import close_distributed, init_distributed, resolve_device
 
+    if args.seq_len < 2:  # before loading anything
+        raise TLCultureError(f"seq_len must be at least 2, got {args.seq_len}")
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     corpora = {name: load_corpus(path, name=name) for name, path in pairs_to_dict(args.corpus).items()}
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    stats = collect(
-        model, corpora, seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.max_tokens,
-        progress=not args.no_progress,
-    )
-    stats.save(args.out)
-    toks = ", ".join(f"{g}={n}" for g, n in zip(stats.groups, stats.tokens.tolist()))
-    print(f"wrote {args.out}: {stats.n_layers} layers x {stats.d_mlp} neurons; tokens {toks}")
+    info = init_distributed(device=args.device)  # torchrun: joins the job; otherwise a single process
+    try:
+        if info.is_main:
+            _check_writable(args.out)
+        device = resolve_device(args.device, info.local_rank, distributed=info.world_size > 1)
+        model = load_model(args.model, device=device, dtype=args.dtype)
+        stats = collect(
+            model, corpora, seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.max_tokens,
+            pack=not args.no_pack, progress=not args.no_progress and info.is_main,
+            checkpoint_dir=args.checkpoint, checkpoint_every=args.checkpoint_every,
+            checkpoint_seconds=args.checkpoint_seconds,
+        )
+        if info.is_main:  # every rank holds the reduced totals; one writes them
+            stats.save(args.out)
+            toks = ", ".join(f"{g}={n}" for g, n in zip(stats.groups, stats.tokens.tolist(), strict=True))
+            ranks = f" ({info.world_size} processes)" if info.world_size > 1 else ""
+            print(f"wrote {args.out}: {stats.n_layers} layers x {stats.d_mlp} neurons; tokens {toks}{ranks}")
+    finally:
+        close_distributed(info)
     return 0
 
 
@@ -80,6 +114,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         progress=not args.no_progress,
+        evaluate=not args.no_eval,
+        eval_tokens=args.eval_tokens,
+        eval_batch_size=args.eval_batch_size,
+        control_seeds=args.controls,
+        bootstrap=args.bootstrap,
+        eval_mode=args.eval_mode,
     )
     res = run_experiment(cfg)
     print((Path(res.out) / "neurons.txt").read_text(encoding="utf-8"))
@@ -93,12 +133,32 @@ def _add_lape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bar-ratio", type=unit_rate, default=0.95, help="membership quantile of P (default 0.95)")
 
 
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    """Options of the Δ NLL evaluation stage of `run`."""
+    p.add_argument("--no-eval", action="store_true", help="skip the Δ NLL evaluation stage")
+    p.add_argument("--eval-tokens", type=positive_int, default=128,
+                   help="scored held-out tokens per corpus (default 128)")
+    p.add_argument("--eval-batch-size", type=positive_int, default=4, help="rows per evaluation forward (default 4)")
+    p.add_argument("--controls", type=int, default=1, help="random-neuron control seeds per group (default 1)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default 1000)")
+    p.add_argument("--eval-mode", choices=("matched", "all"), default="matched",
+                   help="matched: language sets on language text, culture sets on culture text (default); "
+                   "all: every set on every text")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="count MLP neuron activations per corpus")
     add_model_args(p)
     p.add_argument("--corpus", action="append", required=True, metavar="NAME=PATH", help="a group's corpus (repeat)")
     p.add_argument("--out", required=True, help="statistics file to write (.safetensors)")
     add_collect_args(p)
+    p.add_argument("--no-pack", action="store_true", help="one document per row (right-padded) instead of packing")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="folder for resumable progress: rerun the same command after a crash to continue")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="ROWS",
+                   help="save the progress every ROWS rows per process (default: by time only)")
+    p.add_argument("--checkpoint-seconds", type=positive_int, default=300, metavar="S",
+                   help="save the progress every S seconds (default 300)")
     p.set_defaults(func=_cmd_collect)
 
     p = sub.add_parser("identify", help="select group-specific neurons with LAPE")
@@ -124,6 +184,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split and controls (default 0)")
     add_collect_args(p, seq_len=256)
     _add_lape_args(p)
+    _add_eval_args(p)
     p.set_defaults(func=_cmd_run)
 
 
