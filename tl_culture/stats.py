@@ -201,7 +201,7 @@ class Counter:
         self.counts = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.int64, device=device)
         self.sums = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.float64, device=device) if with_sums else None
         self.tokens = 0
-        self._mask: torch.Tensor | None = None  # [batch*pos, 1] bool, None when every position counts
+        self._weights: torch.Tensor | None = None  # [1, batch*pos] float32 counting weights
 
     def start_from(
         self,
@@ -223,14 +223,14 @@ class Counter:
 
             def hook(pre: torch.Tensor, hook: Any = None) -> None:
                 self.mlp.check_width(pre, name)
-                act = self.mlp.act(pre).reshape(-1, self.mlp.d_mlp)  # [batch*pos, d_mlp], model dtype
-                pos = act > 0
-                if self._mask is not None:
-                    pos = pos & self._mask
-                    act = act * self._mask
-                self.counts[layer] += pos.sum(0)
+                x = pre.reshape(-1, self.mlp.d_mlp)  # [batch*pos, d_mlp], model dtype
+                w = self._weights  # [1, batch*pos] float32: 1 on counted tokens, 0 on BOS/padding
+                # act_fn(z) > 0 iff z > 0 for every activation in ACTIVATIONS, so the sign test runs
+                # on the gate pre-activation; the masked count is one GEMV, exact in float32 (< 2**24).
+                self.counts[layer] += (w @ (x > 0).to(torch.float32)).squeeze(0).to(torch.int64)
                 if self.sums is not None:
-                    self.sums[layer] += act.sum(0, dtype=torch.float64)
+                    # act_fn in the model dtype, per-batch partial sum in float32, running total in float64
+                    self.sums[layer] += (w @ self.mlp.act(x).to(torch.float32)).squeeze(0).to(torch.float64)
                 if layer == last:
                     raise _StopForward
 
@@ -243,15 +243,16 @@ class Counter:
         width = int(batch.attention_mask.any(0).nonzero().max()) + 1  # trim all-padding columns
         ids = batch.input_ids[:, :width].to(self.device, non_blocking=True)
         attn, count = batch.attention_mask[:, :width], batch.count_mask[:, :width]
-        full = bool(count.all())
-        self._mask = None if full else count.reshape(-1, 1).to(self.device)
+        if count.numel() >= 2**24:
+            raise TLCultureError(f"a batch of {count.numel()} tokens is too large to count exactly; lower --batch-size")
+        self._weights = count.reshape(1, -1).to(device=self.device, dtype=torch.float32)
         kwargs = {} if bool(attn.all()) else {"attention_mask": attn.long().to(self.device)}
         try:
             self.model(ids, **kwargs)
         except _StopForward:
             pass
         finally:
-            self._mask = None
+            self._weights = None
         n = int(count.sum())
         self.tokens += n
         return n
