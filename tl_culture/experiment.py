@@ -45,6 +45,13 @@ class ExperimentConfig:
         top_rate, filter_rate, activation_bar_ratio: LAPE constants.
         seed: seed of the held-out split and of the controls.
         device, dtype: where and how to run the model.
+        evaluate: run the Δ NLL evaluation stage (``nll/{category}.json``).
+        eval_tokens: scored held-out tokens per eval corpus (the 262k-vocab unembedding is the cost).
+        eval_batch_size: rows per evaluation forward (memory ≈ rows × seq_len × d_vocab × 4 bytes).
+        control_seeds: random-neuron control seeds per group (0 = none).
+        bootstrap: bootstrap resamples for the 95 % CIs (0 = none).
+        eval_mode: ``"matched"`` (language sets on language held-out text, culture-side sets on
+            culture held-out text) or ``"all"`` (every set on every held-out corpus).
     """
 
     out: str
@@ -63,6 +70,12 @@ class ExperimentConfig:
     device: str | None = None
     dtype: str | None = None
     progress: bool = True
+    evaluate: bool = True
+    eval_tokens: int | None = 128
+    eval_batch_size: int = 4
+    control_seeds: int = 1
+    bootstrap: int = 1000
+    eval_mode: str = "matched"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +89,14 @@ class ExperimentConfig:
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
                 raise TLCultureError(f"{name.replace('_', '-')} must be in (0, 1), got {v}")
+        if self.eval_tokens is not None and self.eval_tokens < 1:
+            raise TLCultureError(f"--eval-tokens must be positive, got {self.eval_tokens}")
+        if self.eval_batch_size < 1:
+            raise TLCultureError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
+        if self.control_seeds < 0 or self.bootstrap < 0:
+            raise TLCultureError("--controls and --bootstrap must be 0 or more")
+        if self.eval_mode not in ("matched", "all"):
+            raise TLCultureError(f"--eval-mode must be matched or all, got {self.eval_mode!r}")
         if bool(self.languages) != bool(self.cultures):
             raise TLCultureError("give both --language and --culture corpora, or neither for the demo corpus")
         unknown = [c for c in self.pairs if c not in self.cultures]
@@ -160,6 +181,8 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
         write_text_atomic(tmp / "neurons.txt", neuron_report(neurons_l, cats))
         heldout = {**{f"lang:{k}": v for k, v in lang_held.items()}, **{f"cult:{k}": v for k, v in cult_held.items()}}
         result = ExperimentResult(out, stats_l, stats_c, cats, heldout, {"languages": neurons_l, "pairs": pairs})
+        nll = _evaluation_stage(cfg, model, cats, heldout, pairs, tmp) if cfg.evaluate else {}
+        result.extra["nll"] = nll
         summary = {
             "config": asdict(cfg),
             "model": stats_l.meta.get("model"),
@@ -170,6 +193,8 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
             "neurons": {name: ns.counts() for name, ns in {"languages": neurons_l, **cats}.items()},
             "pairs": pairs,
         }
+        if nll:
+            summary["nll"] = {name: m.meta.get("summary", {}) for name, m in nll.items()}
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         write_json_atomic(tmp / "summary.json", summary)
         _swap_into_place(tmp, out)
@@ -178,6 +203,23 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _evaluation_stage(cfg: ExperimentConfig, model: Any, cats: dict[str, NeuronSet], heldout: dict[str, Corpus],
+                      pairs: dict[str, str], tmp: Path) -> dict[str, Any]:
+    """Δ NLL matrices of every category on the held-out text, saved as ``nll/{category}.json``."""
+    from tl_culture.evaluate import evaluate_categories, summarize
+
+    nll = evaluate_categories(
+        model, cats, heldout, pairs, mode=cfg.eval_mode, progress=cfg.progress, seq_len=cfg.seq_len,
+        batch_size=cfg.eval_batch_size, max_tokens=cfg.eval_tokens, controls=cfg.control_seeds,
+        bootstrap=cfg.bootstrap, seed=cfg.seed,
+    )
+    (tmp / "nll").mkdir(exist_ok=True)
+    for name, m in nll.items():
+        m.meta["summary"] = summarize(m, pairs)
+        m.save(tmp / "nll" / f"{name}.json")
+    return nll
 
 
 def neuron_report(languages: NeuronSet, categories: dict[str, NeuronSet]) -> str:

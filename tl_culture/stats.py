@@ -7,8 +7,12 @@ For every group k, layer l and neuron j (Tang et al. 2024):
     sums[k, l, j]   = Σ_t act_fn(W_gate x_t)_j                   (float64, for mean activations)
     P[k, l, j]      = counts[k, l, j] / tokens[k]
 
-The statistic is read at ``blocks.{l}.mlp.hook_pre`` and passed through the model's activation
-function, computed in the model's dtype (as the reference does): a bfloat16 model is counted on
+The statistic is read at ``blocks.{l}.mlp.hook_pre``. Every supported activation function is
+sign-preserving (act_fn(z) > 0 iff z > 0, tested per activation and dtype), so the count tests the
+gate pre-activation's sign in the model's dtype, which is the reference's test of act_fn(gate) in
+the model's dtype; the sums pass it through act_fn. Masked counting and summing are one GEMV per
+layer with a 0/1 weight row over the batch's tokens (counts exact; sums float32 within a batch,
+float64 across batches). Computing in the model's dtype means a bfloat16 model is counted on
 its bfloat16 activations, which flips the sign of activations within bfloat16 rounding of zero
 (about 1 % of counts differ from a float32 run; see docs/scale.md). On gated MLPs this is NOT
 ``hook_post``, whose sign also depends on the up projection. Only reducing hooks run (never
