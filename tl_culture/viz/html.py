@@ -1,0 +1,194 @@
+"""Offline HTML: circuitsvis views with their JavaScript inlined once, and a check for external URLs.
+
+circuitsvis renders a view in two ways: ``cdn_src`` imports its JavaScript from unpkg.com (no
+good offline), ``local_src`` inlines the whole ~1.3 MB library in a ``<script type="module">``
+next to a self-closing ``<div .../>`` (which HTML parses as an *open* div, so a second view on the
+same page ends up inside the first one and is wiped when the first renders). We take the
+``CircuitsVis.render(...)`` call out of ``local_src``, close the div, and put the library on the
+page once as a classic script, so any number of views share it.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tl_culture._io import write_text_atomic
+from tl_culture.errors import TLCultureError
+
+_RENDER_RE = re.compile(
+    r'<div id="(?P<id>circuits-vis-[0-9a-f-]+)"[^>]*?/?>.*CircuitsVis\.render\(\s*"(?P=id)",\s*'
+    r"CircuitsVis\.(?P<component>\w+),\s*(?P<props>.*)\)\s*</script>\s*$",
+    re.S,
+)
+
+
+@lru_cache(maxsize=1)
+def circuitsvis_library() -> str:
+    """The circuitsvis browser bundle (``dist/cdn/iife.js``), safe to inline in a ``<script>``."""
+    try:
+        import circuitsvis
+    except ImportError:
+        raise TLCultureError("token views need circuitsvis: pip install 'tl-culture[viz]'") from None
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    if not path.is_file():
+        raise TLCultureError(f"circuitsvis has no browser bundle at {path}; reinstall circuitsvis")
+    return _script_safe(path.read_text(encoding="utf-8"))
+
+
+def _script_safe(js: str) -> str:
+    """Make JavaScript safe inside ``<script>``: no ``</`` can close the element early."""
+    return js.replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def circuitsvis_call(local_src: str) -> tuple[str, str, str]:
+    """Split a circuitsvis ``local_src`` into (element id, component name, render call JavaScript)."""
+    m = _RENDER_RE.search(local_src)
+    if m is None:
+        raise TLCultureError("unexpected circuitsvis output (no CircuitsVis.render call); pin circuitsvis==1.43.*")
+    call = f'CircuitsVis.render("{m["id"]}", CircuitsVis.{m["component"]}, {m["props"].strip()});'
+    return m["id"], m["component"], _script_safe(call)
+
+
+def render_view(element_id: str, call: str, with_library: bool = True) -> str:
+    """A view's HTML: its ``<div>`` (closed), then the library (once per page) and its render call."""
+    lib = f"<script>{circuitsvis_library()}</script>\n" if with_library else ""
+    return f'<div id="{element_id}" class="cv-view"></div>\n{lib}<script>{call}</script>'
+
+
+def views_html(views: Sequence[tuple[str, Any]], heading_level: int = 3) -> str:
+    """HTML of several circuitsvis views sharing one inlined library: ``[(title, view), ...]``.
+
+    Each ``view`` is a tl-culture token view (has ``element_id`` and ``call``) or any circuitsvis
+    `RenderedHTML`.
+    """
+    parts = [f"<script>{circuitsvis_library()}</script>"]
+    h = f"h{heading_level}"
+    for title, view in views:
+        if hasattr(view, "call"):
+            element_id, call = view.element_id, view.call
+        else:
+            element_id, _, call = circuitsvis_call(view.local_src)
+        view_html = render_view(element_id, call, with_library=False)
+        parts.append(f'<div class="cv-block"><{h}>{html.escape(str(title))}</{h}>\n{view_html}</div>')
+    return "\n".join(parts)
+
+
+PAGE_CSS = """
+:root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#ffffff; --soft:#f6f8fa; --accent:#0b5cad; }
+* { box-sizing: border-box; }
+body { margin:0; color:var(--fg); background:var(--bg);
+  font: 15px/1.5 -apple-system, "Segoe UI", "Helvetica Neue", Helvetica, Arial, "Noto Sans", "DejaVu Sans",
+  sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 28px 36px 60px; }
+h1 { font-size: 28px; margin: 0 0 4px; letter-spacing: -0.01em; }
+h2 { font-size: 21px; margin: 38px 0 10px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 16px; margin: 22px 0 8px; }
+p, li { max-width: 78ch; }
+.muted, figcaption, .note { color: var(--muted); }
+.note { background: var(--soft); border-left: 3px solid var(--line); padding: 8px 12px; }
+code, pre { font-family: ui-monospace, "SFMono-Regular", "DejaVu Sans Mono", Menlo, Consolas, monospace;
+  font-size: 13px; }
+pre { background: var(--soft); padding: 10px 12px; overflow-x: auto; border-radius: 6px; }
+table { border-collapse: collapse; margin: 8px 0 14px; font-variant-numeric: tabular-nums; font-size: 13.5px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { border-bottom: 2px solid var(--fg); font-weight: 600; }
+td.diag { font-weight: 700; outline: 2px solid #111; outline-offset: -2px; }
+td .ci { color: var(--muted); font-size: 10.5px; display: block; white-space: nowrap; }
+table.nll { font-size: 12.5px; }
+table.nll th, table.nll td { padding: 3px 6px; }
+table.nll tr.ctrl td { color: var(--muted); }
+.fig-row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.fig-row figure { flex: 1 1 420px; min-width: 0; }
+table.kv td:first-child { color: var(--muted); padding-right: 18px; }
+table.kv td { text-align: left; }
+figure { margin: 12px 0 22px; }
+figure svg, figure img { max-width: 100%; height: auto; }
+figcaption { font-size: 13px; max-width: 90ch; }
+nav.toc { background: var(--soft); border-radius: 8px; padding: 10px 16px; margin: 16px 0 6px; }
+nav.toc a { color: var(--accent); text-decoration: none; margin-right: 16px; white-space: nowrap; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 14px 0; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 130px; }
+.card b { display: block; font-size: 20px; }
+.card span { color: var(--muted); font-size: 12.5px; }
+.cv-block { border: 1px solid var(--line); border-radius: 8px; padding: 4px 14px 8px; margin: 12px 0;
+  break-inside: avoid; }
+.cv-view { min-height: 24px; }
+@media print {
+  @page { size: A4; margin: 14mm; }
+  body { font-size: 10.5pt; }
+  main { max-width: none; padding: 0; }
+  nav.toc { display: none; }
+  h2 { break-before: page; break-after: avoid; }
+  h2.first { break-before: auto; }
+  h3 { break-after: avoid; }
+  figure, table, .cv-block, .card { break-inside: avoid; }
+  pre { white-space: pre-wrap; }
+  a { color: inherit; text-decoration: none; }
+}
+"""
+
+
+def page(title: str, body: str, css: str = PAGE_CSS) -> str:
+    """A complete offline HTML document (UTF-8, inline style, no external resource)."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{css}</style>\n</head>\n<body>\n<main>\n"
+        f"{body}\n</main>\n</body>\n</html>\n"
+    )
+
+
+def save_views(
+    path: str | os.PathLike, views: Sequence[tuple[str, Any]], title: str = "tl-culture token views"
+) -> Path:
+    """Write circuitsvis views as one offline HTML page (atomic); returns the path."""
+    body = f"<h1>{html.escape(title)}</h1>\n{views_html(views)}"
+    text = page(title, body)
+    bad = external_references(text)
+    if bad:
+        raise TLCultureError(f"refusing to write {path}: it would load {bad[0]} from the network")
+    write_text_atomic(path, text)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- offline check
+_URL = r"""(?:https?:|wss?:|ftp:)?//[^\s"'<>)]+"""
+_EXTERNAL_PATTERNS = [
+    # attributes that make the browser fetch: src, href (link/a/use/image), srcset, poster, data, action
+    re.compile(
+        r"""\b(?:src|href|xlink:href|srcset|poster|data|action|formaction|background)\s*=\s*["']?\s*("""
+        + _URL + ")", re.I
+    ),
+    re.compile(r"""url\(\s*["']?\s*(""" + _URL + ")", re.I),  # CSS url(...)
+    re.compile(r"""@import\s+(?:url\()?\s*["']?([^"';)\s]+)""", re.I),  # CSS @import, any target
+    re.compile(r"""\bimport\s*(?:\(\s*|[\w{}\s,*]+\bfrom\s*)["'](""" + _URL + ")", re.I),  # ES module import
+    re.compile(
+        r"""<link\b[^>]*\brel\s*=\s*["']?"""
+        r"""(?:stylesheet|preconnect|dns-prefetch|prefetch|preload|modulepreload|icon|manifest)[^>]*>""", re.I
+    ),
+    re.compile(r"""<(?:iframe|object|embed|base)\b[^>]*>""", re.I),
+    re.compile(r"""<meta\b[^>]*http-equiv\s*=\s*["']?refresh[^>]*>""", re.I),
+]
+
+
+def external_references(text: str) -> list[str]:
+    """Everything in an HTML document that would make a browser load something from elsewhere.
+
+    Flags src/href/srcset/... attributes and CSS ``url(...)`` pointing to ``http(s):``, ``ws(s):``,
+    ``ftp:`` or protocol-relative ``//`` URLs, any CSS ``@import``, ES module imports from a URL,
+    ``<link rel=stylesheet|preconnect|...>``, ``<iframe>/<object>/<embed>/<base>`` and meta refresh.
+    Plain text that merely mentions a URL (an XML namespace, a link in a JavaScript error message)
+    is not a request and is not flagged. ``data:`` URIs and ``#fragment`` links are local.
+    """
+    found: list[str] = []
+    for pat in _EXTERNAL_PATTERNS:
+        for m in pat.finditer(text):
+            found.append(m.group(1) if m.groups() else m.group(0))
+    return found
