@@ -2,7 +2,8 @@
 # Install Debian's headless-capable Chromium for the report's browser test (tests/test_report_browser.py).
 # Idempotent: does nothing when /usr/bin/chromium exists. Needs root (CI containers run as root).
 set -euo pipefail
-if [ -x /usr/bin/chromium ]; then
+# fonts-noto-cjk: the report shows Chinese text; without a CJK font screenshots show boxes.
+if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then
     exit 0
 fi
 SUDO=""
@@ -10,6 +11,6 @@ if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y chromium
+$SUDO apt-get update -q
+$SUDO apt-get install -y --no-install-recommends chromium fonts-noto-cjk fonts-noto-core
 /usr/bin/chromium --version
