@@ -46,8 +46,20 @@ def test_collect_identify_neurons(tiny_hf_dir, corpus_files, tmp_path, capsys):
 
 def test_run_writes_the_run_folder(tiny_hf_dir, corpus_files, tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--model", str(tiny_hf_dir), "--out", str(out), "--seq-len", "16", "--no-progress",
-            "--top-rate", "0.1", "--pair", "english=en"]
+    args = [
+        "run",
+        "--model",
+        str(tiny_hf_dir),
+        "--out",
+        str(out),
+        "--seq-len",
+        "16",
+        "--no-progress",
+        "--top-rate",
+        "0.1",
+        "--pair",
+        "english=en",
+    ]
     for lang, p in corpus_files.items():
         args += ["--language", f"{lang}={p}"]
         args += ["--culture", f"{'english' if lang == 'en' else lang}={p}"]
@@ -56,7 +68,9 @@ def test_run_writes_the_run_folder(tiny_hf_dir, corpus_files, tmp_path):
     assert summary["pairs"] == {"english": "en", "de": "de", "ru": "ru"}
     for name in ("language", "culture", "compound", "pure", "generic"):
         assert NeuronSet.load(out / "neurons" / f"{name}.safetensors").meta["category"] == name
-    cats = {n: NeuronSet.load(out / "neurons" / f"{n}.safetensors") for n in ("language", "culture", "compound", "pure")}
+    cats = {
+        n: NeuronSet.load(out / "neurons" / f"{n}.safetensors") for n in ("language", "culture", "compound", "pure")
+    }
     assert torch.equal(cats["compound"].masks, cats["language"].masks & cats["culture"].masks)
     assert torch.equal(cats["pure"].masks, cats["culture"].masks & ~cats["language"].masks)
     # held-out documents (15 %) are not in the selection statistics
@@ -68,8 +82,19 @@ def test_failing_run_keeps_previous_output(tiny_hf_dir, corpus_files, tmp_path, 
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("old result")
-    code = main(["run", "--model", str(tiny_hf_dir), "--out", str(out), "--language", f"en={corpus_files['en']}",
-                 "--culture", f"fr={corpus_files['de']}"])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(tiny_hf_dir),
+            "--out",
+            str(out),
+            "--language",
+            f"en={corpus_files['en']}",
+            "--culture",
+            f"fr={corpus_files['de']}",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tl-culture: error:") and "--pair" in err and "\n" not in err

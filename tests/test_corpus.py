@@ -90,4 +90,7 @@ def test_demo_corpus_and_murel_layout(tmp_path):
 def test_shared_murel(shared_data):
     m = load_murel(shared_data / "murel")
     assert sorted(m) == ["da", "de", "en", "fa", "ru", "zh"]
-    assert m["fa"].documents[0] == (shared_data / "murel/fa/WVS_FA_sentences.txt").read_text("utf-8").splitlines()[0].strip()
+    assert (
+        m["fa"].documents[0]
+        == (shared_data / "murel/fa/WVS_FA_sentences.txt").read_text("utf-8").splitlines()[0].strip()
+    )

@@ -376,12 +376,21 @@ def test_evaluate_categories_modes_and_summary(models, neurons):
         evaluate_categories(models["dense"], cats, held, pairs, mode="some")
 
 
-def test_run_cli_eval_options():
+def test_run_cli_eval_options(tmp_path):
     from tl_culture.cli import build_parser
+    from tl_culture.cli.core import config_from_args
 
     a = build_parser().parse_args(["run", "--eval-tokens", "5", "--controls", "2", "--eval-mode", "all", "--no-eval",
                                    "--bootstrap", "0", "--eval-batch-size", "3"])
-    got = (a.eval_tokens, a.controls, a.eval_mode, a.no_eval, a.bootstrap, a.eval_batch_size)
-    assert got == (5, 2, "all", True, 0, 3)
-    d = build_parser().parse_args(["run"])
-    assert (d.eval_tokens, d.controls, d.eval_mode, d.no_eval, d.bootstrap) == (128, 1, "matched", False, 1000)
+    c = config_from_args(a)
+    got = (c.eval_tokens, c.control_seeds, c.eval_mode, c.evaluate, c.bootstrap, c.eval_batch_size)
+    assert got == (5, 2, "all", False, 0, 3)
+    d = config_from_args(build_parser().parse_args(["run"]))
+    assert (d.eval_tokens, d.control_seeds, d.eval_mode, d.evaluate, d.bootstrap) == (128, 1, "matched", True, 1000)
+    # a config file fills what the command line leaves out; the command line wins
+    (tmp_path / "c.toml").write_text('out = "o"\neval_tokens = 64\ncontrol_seeds = 3\n[languages]\nen = "en.txt"\n'
+                                     '[cultures]\nen = "en.txt"\n')
+    (tmp_path / "en.txt").write_text("hello\n")
+    e = config_from_args(build_parser().parse_args(["run", "--config", str(tmp_path / "c.toml"), "--controls", "5"]))
+    assert (e.out, e.eval_tokens, e.control_seeds) == ("o", 64, 5)
+    assert e.languages == {"en": str(tmp_path / "en.txt")}  # relative to the config file

@@ -39,7 +39,9 @@ def test_counts_equal_hand_computation(gated, act):
 
 def test_batch_size_invariance(gated_model):
     rows = torch.randint(0, 64, (11, 10), generator=torch.Generator().manual_seed(2))
-    results = [collect(gated_model, {"a": rows, "b": rows[:3]}, seq_len=10, batch_size=b, progress=False) for b in (1, 3, 11)]
+    results = [
+        collect(gated_model, {"a": rows, "b": rows[:3]}, seq_len=10, batch_size=b, progress=False) for b in (1, 3, 11)
+    ]
     for r in results[1:]:
         assert torch.equal(r.counts, results[0].counts) and torch.equal(r.tokens, results[0].tokens)
 
@@ -67,10 +69,20 @@ def test_padding_excluded_and_mask_passed(tiny_hf_model):
 
 
 def test_save_load_and_merge(tmp_path):
-    a = ActivationStats(["x", "y"], torch.tensor([[[1, 2]], [[3, 4]]]), torch.tensor([5, 6]),
-                        torch.ones(2, 1, 2, dtype=torch.float64), {"model": "m"})
-    b = ActivationStats(["y", "z"], torch.tensor([[[1, 1]], [[0, 2]]]), torch.tensor([2, 3]),
-                        torch.ones(2, 1, 2, dtype=torch.float64), {"model": "m"})
+    a = ActivationStats(
+        ["x", "y"],
+        torch.tensor([[[1, 2]], [[3, 4]]]),
+        torch.tensor([5, 6]),
+        torch.ones(2, 1, 2, dtype=torch.float64),
+        {"model": "m"},
+    )
+    b = ActivationStats(
+        ["y", "z"],
+        torch.tensor([[[1, 1]], [[0, 2]]]),
+        torch.tensor([2, 3]),
+        torch.ones(2, 1, 2, dtype=torch.float64),
+        {"model": "m"},
+    )
     a.save(tmp_path / "a.safetensors")
     a2 = ActivationStats.load(tmp_path / "a.safetensors")
     assert torch.equal(a2.counts, a.counts) and torch.equal(a2.sums, a.sums) and a2.meta == {"model": "m"}

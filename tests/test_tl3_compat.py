@@ -7,7 +7,6 @@ installed version, otherwise in the interpreter named by ``$TL3_PYTHON`` (`.ci/r
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

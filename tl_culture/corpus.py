@@ -46,9 +46,7 @@ class Corpus:
             raise TLCultureError(f"corpus {self.name!r}: give either documents or rows")
         if self.rows is not None:
             if self.rows.dim() != 2 or self.rows.dtype not in (torch.int64, torch.int32):
-                raise TLCultureError(
-                    f"corpus {self.name!r}: pre-tokenized rows must be an integer [row, pos] tensor"
-                )
+                raise TLCultureError(f"corpus {self.name!r}: pre-tokenized rows must be an integer [row, pos] tensor")
             self.rows = self.rows.long()
         if len(self) == 0:
             raise TLCultureError(f"corpus {self.name!r} ({self.source or 'given'}) is empty; give it some text")
@@ -106,9 +104,7 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise TLCultureError(
-            f"{path}: not UTF-8 text (byte {exc.start}); convert it, e.g. iconv -t UTF-8"
-        ) from None
+        raise TLCultureError(f"{path}: not UTF-8 text (byte {exc.start}); convert it, e.g. iconv -t UTF-8") from None
 
 
 def _lines(text: str) -> list[str]:
@@ -190,7 +186,9 @@ def load_corpus(
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise TLCultureError(f"{path}: folder has no *.txt files; point to a folder of UTF-8 text files")
-        docs = [line for f in sorted(files, key=lambda p: p.relative_to(path).as_posix()) for line in _lines(_read_text(f))]
+        docs = [
+            line for f in sorted(files, key=lambda p: p.relative_to(path).as_posix()) for line in _lines(_read_text(f))
+        ]
         return Corpus(name or path.name, documents=docs[:max_documents], source=str(path))
     if not path.is_file():
         raise TLCultureError(f"{path}: no such file or folder; check the corpus path")

@@ -16,12 +16,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tl_culture._io import write_json_atomic, write_text_atomic
-from tl_culture.corpus import Corpus, as_corpora, demo_corpora
+from tl_culture.corpus import Corpus, demo_corpora, load_corpus
 from tl_culture.errors import TLCultureError
 from tl_culture.lape import identify
 from tl_culture.neurons import NeuronSet, culture_categories
@@ -52,6 +52,12 @@ class ExperimentConfig:
         bootstrap: bootstrap resamples for the 95 % CIs (0 = none).
         eval_mode: ``"matched"`` (language sets on language held-out text, culture-side sets on
             culture held-out text) or ``"all"`` (every set on every held-out corpus).
+        max_documents: keep at most this many documents per corpus (required for streamed
+            ``hf:`` corpora).
+        stability: also select on two disjoint halves of every selection corpus and save the
+            per-group Jaccard of the two sets (``stability.json``; doubles the collection cost).
+        report: write ``report.html`` with figures and token views at the end (needs the ``viz``
+            extra; skipped with a warning when matplotlib or circuitsvis is missing).
     """
 
     out: str
@@ -76,6 +82,9 @@ class ExperimentConfig:
     control_seeds: int = 1
     bootstrap: int = 1000
     eval_mode: str = "matched"
+    max_documents: int | None = None
+    stability: bool = False
+    report: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,6 +106,8 @@ class ExperimentConfig:
             raise TLCultureError("--controls and --bootstrap must be 0 or more")
         if self.eval_mode not in ("matched", "all"):
             raise TLCultureError(f"--eval-mode must be matched or all, got {self.eval_mode!r}")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise TLCultureError(f"max_documents must be positive, got {self.max_documents}")
         if bool(self.languages) != bool(self.cultures):
             raise TLCultureError("give both --language and --culture corpora, or neither for the demo corpus")
         unknown = [c for c in self.pairs if c not in self.cultures]
@@ -107,7 +118,56 @@ class ExperimentConfig:
         """(languages, cultures) as named corpora."""
         if not self.languages:
             return demo_corpora()
-        return as_corpora(self.languages), as_corpora(self.cultures)
+        return self._load(self.languages), self._load(self.cultures)
+
+    def _load(self, specs: dict[str, str]) -> dict[str, Corpus]:
+        for name, spec in specs.items():
+            if str(spec).startswith("hf:") and self.max_documents is None:
+                raise TLCultureError(f"corpus {name!r} streams {spec}; set max_documents (--max-documents) to bound it")
+        return {k: load_corpus(v, name=k, max_documents=self.max_documents) for k, v in specs.items()}
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> ExperimentConfig:
+        """Read a TOML or JSON config; ``overrides`` (e.g. from the CLI) win over the file.
+
+        Relative corpus and model paths are taken relative to the config file's folder, so a
+        config works from any working directory. Keys are the field names of this class; the
+        tables ``languages``, ``cultures`` and ``pairs`` map names to corpus specs.
+        """
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise TLCultureError(f"config {p} does not exist; check the path")
+        try:
+            if p.suffix.lower() == ".json":
+                data = json.loads(p.read_text(encoding="utf-8"))
+            else:
+                import tomllib
+
+                data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TLCultureError(f"config {p} is not valid {p.suffix.lstrip('.') or 'TOML'}: {first}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TLCultureError(f"config {p}: unknown keys {unknown}; known keys are {sorted(known - {'extra'})}")
+
+        def resolve(spec: Any) -> Any:
+            text = str(spec)
+            if text.startswith("hf:") or text == "default" or Path(text).expanduser().is_absolute():
+                return spec
+            local = p.parent / text
+            return str(local) if local.exists() or text.startswith(".") else spec
+
+        for table in ("languages", "cultures"):
+            if table in data:
+                data[table] = {str(k): resolve(v) for k, v in dict(data[table]).items()}
+        if "model" in data:
+            data["model"] = resolve(data["model"])
+        merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        if "out" not in merged:
+            raise TLCultureError(f"config {p} has no 'out'; give --out")
+        return cls(**merged)
 
 
 @dataclass
@@ -170,7 +230,9 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
         stats_c = collect(model, cult_sel, **kw)
         stats_l.save(tmp / "stats_language.safetensors")
         stats_c.save(tmp / "stats_culture.safetensors")
-        lape_kw = dict(top_rate=cfg.top_rate, filter_rate=cfg.filter_rate, activation_bar_ratio=cfg.activation_bar_ratio)
+        lape_kw = dict(
+            top_rate=cfg.top_rate, filter_rate=cfg.filter_rate, activation_bar_ratio=cfg.activation_bar_ratio
+        )
         neurons_l = identify(stats_l, **lape_kw)
         neurons_c = identify(stats_c, **lape_kw)
         cats = culture_categories(neurons_l, neurons_c, pairs)
@@ -195,8 +257,13 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
         }
         if nll:
             summary["nll"] = {name: m.meta.get("summary", {}) for name, m in nll.items()}
+        if cfg.stability:
+            summary["stability"] = _stability_stage(cfg, model, lang_sel, cult_sel, tmp)
+            result.extra["stability"] = summary["stability"]
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         write_json_atomic(tmp / "summary.json", summary)
+        if cfg.report:
+            _report_stage(tmp, model)
         _swap_into_place(tmp, out)
         result.out = out
         return result
@@ -205,15 +272,30 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _evaluation_stage(cfg: ExperimentConfig, model: Any, cats: dict[str, NeuronSet], heldout: dict[str, Corpus],
-                      pairs: dict[str, str], tmp: Path) -> dict[str, Any]:
+def _evaluation_stage(
+    cfg: ExperimentConfig,
+    model: Any,
+    cats: dict[str, NeuronSet],
+    heldout: dict[str, Corpus],
+    pairs: dict[str, str],
+    tmp: Path,
+) -> dict[str, Any]:
     """Δ NLL matrices of every category on the held-out text, saved as ``nll/{category}.json``."""
     from tl_culture.evaluate import evaluate_categories, summarize
 
     nll = evaluate_categories(
-        model, cats, heldout, pairs, mode=cfg.eval_mode, progress=cfg.progress, seq_len=cfg.seq_len,
-        batch_size=cfg.eval_batch_size, max_tokens=cfg.eval_tokens, controls=cfg.control_seeds,
-        bootstrap=cfg.bootstrap, seed=cfg.seed,
+        model,
+        cats,
+        heldout,
+        pairs,
+        mode=cfg.eval_mode,
+        progress=cfg.progress,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.eval_batch_size,
+        max_tokens=cfg.eval_tokens,
+        controls=cfg.control_seeds,
+        bootstrap=cfg.bootstrap,
+        seed=cfg.seed,
     )
     (tmp / "nll").mkdir(exist_ok=True)
     for name, m in nll.items():
@@ -231,3 +313,45 @@ def neuron_report(languages: NeuronSet, categories: dict[str, NeuronSet]) -> str
     parts.append("# Jaccard(culture_c, language_l(c)) per culture")
     parts.append(json.dumps({g: round(float(j[i, i]), 4) for i, g in enumerate(categories["culture"].groups)}))
     return "\n".join(parts) + "\n"
+
+
+def _stability_stage(
+    cfg: ExperimentConfig, model: Any, lang_sel: dict[str, Corpus], cult_sel: dict[str, Corpus], tmp: Path
+) -> dict[str, dict[str, float]]:
+    """Split-half Jaccard of the language and culture selections (each half gets half the tokens)."""
+    from tl_culture.evaluate import split_half_stability
+
+    kw = dict(
+        seed=cfg.seed,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        max_tokens=None if cfg.max_tokens is None else max(1, cfg.max_tokens // 2),
+        top_rate=cfg.top_rate,
+        filter_rate=cfg.filter_rate,
+        activation_bar_ratio=cfg.activation_bar_ratio,
+        progress=cfg.progress,
+    )
+    out = {
+        "language": split_half_stability(model, lang_sel, **kw),
+        "culture": split_half_stability(model, cult_sel, **kw),
+    }
+    write_json_atomic(tmp / "stability.json", out)
+    return out
+
+
+def _report_stage(run_dir: Path, model: Any) -> None:
+    """Write report.html into the run folder; skipped with a warning without the viz extra."""
+    import importlib.util
+    import warnings
+
+    missing = [m for m in ("matplotlib", "circuitsvis") if importlib.util.find_spec(m) is None]
+    if missing:
+        warnings.warn(
+            f"no report: {', '.join(missing)} not installed; pip install 'tl-culture[viz]' and run "
+            "tl-culture report RUN_DIR",
+            stacklevel=2,
+        )
+        return
+    from tl_culture.report import write_report
+
+    write_report(run_dir, model=model)

@@ -61,7 +61,11 @@ def identify(
     Returns:
         A `NeuronSet` over ``stats.groups`` with the thresholds in ``meta``.
     """
-    for name, v in (("top_rate", top_rate), ("filter_rate", filter_rate), ("activation_bar_ratio", activation_bar_ratio)):
+    for name, v in (
+        ("top_rate", top_rate),
+        ("filter_rate", filter_rate),
+        ("activation_bar_ratio", activation_bar_ratio),
+    ):
         _check_rate(name, v)
     G, L, N = stats.counts.shape
     if G < 2:

