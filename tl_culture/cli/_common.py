@@ -26,14 +26,46 @@ def pairs_to_dict(items: list[str] | None, what: str = "NAME=PATH") -> dict[str,
     return out
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive whole number")
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "0 or more")
+
+
+def group_list(text: str | None) -> list[str] | None:
+    """``"en,zh, fr"`` -> ``["en", "zh", "fr"]``; None stays None."""
+    return [g.strip() for g in text.split(",") if g.strip()] if text else None
+
+
+def is_reference(path: str) -> bool:
+    """A published LAPE ``.pth`` file (rather than our safetensors)."""
+    return str(path).endswith((".pth", ".pt"))
+
+
+def load_neurons(path: str, groups: list[str] | None = None, model=None):
+    """Our NeuronSet file, or a reference ``.pth`` file (its groups named by ``groups``), sized to
+    ``model`` when given."""
+    from tl_culture import NeuronSet
+
+    if not is_reference(path):
+        return NeuronSet.load(path)
+    if not groups:
+        raise TLCultureError(f"{path} is a reference file; name its groups with --groups en,zh,...")
+    if model is None:
+        return NeuronSet.load_reference(path, groups)
+    return NeuronSet.load_reference(path, groups, n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp)
 
 
 def unit_rate(text: str) -> float:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_culture.cli._common import add_collect_args, add_model_args, pairs_to_dict, positive_int, unit_rate
+from tl_culture.cli._common import (
+    add_collect_args,
+    add_model_args,
+    group_list,
+    load_neurons,
+    pairs_to_dict,
+    positive_int,
+    unit_rate,
+)
 from tl_culture.errors import TLCultureError
 
 
@@ -69,20 +77,8 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_neurons(path: str, groups: list[str] | None = None):
-    """Load our NeuronSet file, or a reference ``.pth`` file (needs ``groups``)."""
-    from tl_culture import NeuronSet
-
-    if str(path).endswith((".pth", ".pt")):
-        if not groups:
-            raise TLCultureError(f"{path} is a reference file; name its groups with --groups en,zh,...")
-        return NeuronSet.load_reference(path, groups)
-    return NeuronSet.load(path)
-
-
 def _cmd_neurons(args: argparse.Namespace) -> int:
-    groups = [g.strip() for g in args.groups.split(",")] if args.groups else None
-    ns = load_neurons(args.file, groups)
+    ns = load_neurons(args.file, group_list(args.groups))
     print(ns.table(bands=args.bands))
     if args.overlaps:
         j = ns.jaccard()
@@ -201,4 +197,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_run)
 
 
-__all__ = ["load_neurons", "register"]
+__all__ = ["register"]

@@ -4,48 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from tl_culture.cli._common import add_model_args, pairs_to_dict, positive_int
-from tl_culture.errors import TLCultureError
-
-
-def _groups(text: str | None) -> list[str] | None:
-    return [g.strip() for g in text.split(",") if g.strip()] if text else None
-
-
-def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
-
-
-def _is_reference(path: str) -> bool:
-    return str(path).endswith((".pth", ".pt"))
-
-
-def _load_neurons(path: str, groups: list[str] | None, model):
-    """Our NeuronSet file, or a reference ``.pth`` file sized to ``model`` (its groups named by ``groups``)."""
-    from tl_culture import NeuronSet
-
-    if not _is_reference(path):
-        return NeuronSet.load(path)
-    if not groups:
-        raise TLCultureError(f"{path} is a reference file; name its groups with --groups en,zh,...")
-    return NeuronSet.load_reference(path, groups, n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp)
+from tl_culture.cli._common import (
+    add_model_args,
+    group_list,
+    is_reference,
+    load_neurons,
+    non_negative_int,
+    pairs_to_dict,
+    positive_int,
+)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tl_culture import load_corpus, load_model
     from tl_culture.evaluate import delta_nll
 
-    groups = _groups(args.groups)
-    is_ref = _is_reference(args.neurons)
+    groups = group_list(args.groups)
+    is_ref = is_reference(args.neurons)
     corpora = {name: load_corpus(path, name=name) for name, path in pairs_to_dict(args.corpus).items()}
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    neurons = _load_neurons(args.neurons, groups, model)
+    neurons = load_neurons(args.neurons, groups, model)
     res = delta_nll(
         model, corpora, neurons, groups=None if is_ref else groups, seq_len=args.seq_len,
         batch_size=args.batch_size, max_tokens=args.max_tokens, controls=args.controls, seed=args.seed,
@@ -64,12 +42,12 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from tl_culture.stats import ActivationStats
     from tl_culture.steer import generate
 
-    if not _is_reference(args.neurons):  # fail on a bad file or group before loading the model
+    if not is_reference(args.neurons):  # fail on a bad file or group before loading the model
         from tl_culture import NeuronSet
 
         NeuronSet.load(args.neurons).index(args.group)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    neurons = _load_neurons(args.neurons, _groups(args.groups), model)
+    neurons = load_neurons(args.neurons, group_list(args.groups), model)
     if args.scale is not None:
         edit = scale(neurons, args.group, args.scale)
     elif args.set_mean is not None:
@@ -93,8 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", action="append", required=True, metavar="NAME=PATH", help="an eval corpus (repeat)")
     p.add_argument("--out", required=True, help="NLL matrix file to write (.json)")
     p.add_argument("--groups", default=None, help="groups to ablate, comma-separated (a .pth file: its group names)")
-    p.add_argument("--controls", type=_non_negative, default=1, help="random-neuron control seeds (default 1)")
-    p.add_argument("--bootstrap", type=_non_negative, default=1000, help="bootstrap resamples for CIs (default 1000)")
+    p.add_argument("--controls", type=non_negative_int, default=1, help="random-neuron control seeds (default 1)")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the controls and bootstrap (default 0)")
     p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per row (default 256)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="rows per forward (default 4)")
