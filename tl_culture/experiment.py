@@ -157,7 +157,7 @@ class ExperimentConfig:
             if text.startswith("hf:") or text == "default" or Path(text).expanduser().is_absolute():
                 return spec
             local = p.parent / text
-            return str(local) if local.exists() or text.startswith(".") else spec
+            return os.path.normpath(local) if local.exists() or text.startswith(".") else spec
 
         for table in ("languages", "cultures"):
             if table in data:

@@ -301,6 +301,8 @@ def write_report(
     figdir = run_path / "figures"
     model_name = summary.get("model") or summary.get("config", {}).get("model", "?")
     title = title or f"Culture neurons of {model_name}"
+    # run_experiment writes the report in a temporary folder before moving it to config.out
+    run_name = Path(summary.get("config", {}).get("out") or run_path.resolve()).name
     culture = cats["culture"]
 
     # ---- overview
@@ -322,6 +324,12 @@ def write_report(
         "Jaccard overlap of each culture's neurons with its language's neurons: "
         + ", ".join(f"{g} {v:.2f}" for g, v in zip(culture.groups, same, strict=True)) + ".",
     ]
+    for kind, per_group in (summary.get("stability") or {}).items():
+        if per_group:
+            findings.append(
+                f"Split-half stability of the {kind} sets (Jaccard of the sets selected on two disjoint halves): "
+                + ", ".join(f"{g} {v:.2f}" for g, v in per_group.items()) + "."
+            )
     for cat, m in run["nll"].items():
         s = _diag_summary(m, pairs)
         if s:
@@ -329,7 +337,7 @@ def write_report(
     toc = "".join(f'<a href="#{k}">{_e(v)}</a>' for k, v in SECTIONS.items())
     body = [
         f"<h1>{_e(title)}</h1>",
-        f'<p class="muted">tl-culture report of <code>{_e(run_path.resolve().name)}</code> · written '
+        f'<p class="muted">tl-culture report of <code>{_e(run_name)}</code> · written '
         f'{time.strftime("%Y-%m-%d %H:%M")} · LAPE (Tang et al. 2024) and culture neurons (Namazifard &amp; '
         "Galke Poech 2025)</p>",
         f'<nav class="toc">{toc}</nav>',
