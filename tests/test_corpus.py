@@ -94,3 +94,43 @@ def test_shared_murel(shared_data):
         m["fa"].documents[0]
         == (shared_data / "murel/fa/WVS_FA_sentences.txt").read_text("utf-8").splitlines()[0].strip()
     )
+
+
+def test_hf_dataset_spec_streams_and_is_bounded(monkeypatch):
+    """hf:NAME:CONFIG:SPLIT is parsed, streamed record by record, and stopped at max_documents."""
+    import datasets
+
+    calls, seen = [], []
+
+    def fake_load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+
+        def records():
+            for i in range(1000):
+                seen.append(i)
+                yield {"text": f"  article {i}  " if i % 3 else "", "id": i}
+
+        return records()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    c = load_corpus("hf:wikimedia/wikipedia:20231101.da:train", max_documents=4)
+    assert calls == [("wikimedia/wikipedia", "20231101.da", "train", True)]
+    assert c.name == "wikipedia" and c.documents == ["article 1", "article 2", "article 4", "article 5"]
+    assert len(seen) == 6  # streaming stopped as soon as 4 documents were found
+
+
+def test_hf_dataset_errors_name_the_fix(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(TLCultureError, match="not in the local HF cache"):
+        load_corpus("hf:some/dataset", max_documents=10)
+    from tl_culture.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig(out="o", languages={"en": "hf:some/dataset"}, cultures={"en": "hf:other"})
+    with pytest.raises(TLCultureError, match="set max_documents"):
+        cfg.load_corpora()
