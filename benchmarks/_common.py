@@ -241,3 +241,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False)
+
+
+def cli_main(
+    parse: Callable[[list[str] | None], Any],
+    run: Callable[[Any], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """The shared ``main`` of every benchmark script: parse, run, print the table, write the JSON."""
+    args = parse(argv)
+    out = run(args)
+    print(report(out))
+    print(f"wrote {write_json(args.out, out)}")
+    return out

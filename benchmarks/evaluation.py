@@ -166,11 +166,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse(argv)
-    out = run(args)
-    print(report(out))
-    print(f"wrote {C.write_json(args.out, out)}")
-    return out
+    return C.cli_main(parse, run, report, argv)
 
 
 if __name__ == "__main__":
