@@ -99,3 +99,23 @@ def test_failing_run_keeps_previous_output(tiny_hf_dir, corpus_files, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("tl-culture: error:") and "--pair" in err and "\n" not in err
     assert (out / "keep.txt").read_text() == "old result"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "config {path} does not exist; check the path"),
+        ("bogus = 1\n", "unknown keys ['bogus']"),
+        ("out = [unclosed\n", "is not valid toml"),
+        ('seq_len = 64\n', "has no 'out'; give --out"),
+        ('out = "o"\nseq_len = 0\n', "--seq-len must be at least 2, got 0"),
+    ],
+)
+def test_config_file_errors_are_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "c.toml"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    code = main(["run", "--config", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith("tl-culture: error:")
+    assert message.format(path=path) in err
