@@ -255,3 +255,15 @@ def cli_main(
     print(report(out))
     print(f"wrote {write_json(args.out, out)}")
     return out
+
+
+def parse_recorded(parser: Any, argv: list[str] | None) -> Any:
+    """``parser.parse_args(argv)``, keeping the arguments in ``args.argv`` for `command_line`."""
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def command_line(script: str, args: Any) -> str:
+    """The command that reproduces a run, as recorded in its JSON."""
+    return " ".join(["python", f"benchmarks/{script}", *args.argv])

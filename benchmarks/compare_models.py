@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = [run_model(spec, languages, cultures, args) for spec in args.model]
     return {
         "benchmark": "compare_models",
-        "command": " ".join(["python", "benchmarks/compare_models.py", *args.argv]),
+        "command": C.command_line("compare_models.py", args),
         "machine": C.machine_info(),
         "languages": {g: c.source for g, c in languages.items()},
         "cultures": {g: c.source for g, c in cultures.items()},
@@ -240,9 +240,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", default=str(C.RESULTS / "compare_models.json"))
-    args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return args
+    return C.parse_recorded(p, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     return {
         "benchmark": "evaluation",
-        "command": " ".join(["python", "benchmarks/evaluation.py", *args.argv]),
+        "command": C.command_line("evaluation.py", args),
         "machine": C.machine_info(),
         "model": args.model,
         "model_name": str(model.cfg.model_name),
@@ -160,9 +160,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--out", default=str(C.RESULTS / "evaluation.json"))
-    args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return args
+    return C.parse_recorded(p, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "benchmark": "memory",
-        "command": " ".join(["python", "benchmarks/memory.py", *args.argv]),
+        "command": C.command_line("memory.py", args),
         "machine": C.machine_info(),
         "model": args.model,
         "model_name": DEFAULT_MODEL_NAME if args.model == "default" else Path(args.model).name,
@@ -267,9 +267,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", default="collect", help=argparse.SUPPRESS)
     p.add_argument("--tokens", type=int, default=1024, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return args
+    return C.parse_recorded(p, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

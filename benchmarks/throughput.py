@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     out = {
         "benchmark": "throughput",
-        "command": " ".join(["python", "benchmarks/throughput.py", *args.argv]),
+        "command": C.command_line("throughput.py", args),
         "machine": C.machine_info(),
         "model": args.model,
         "model_name": str(model.cfg.model_name),
@@ -304,9 +304,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     p.add_argument("--profile", action="store_true", help="also record torch profiler top ops of one pass")
     p.add_argument("--out", default=str(C.RESULTS / "throughput.json"))
-    args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return args
+    return C.parse_recorded(p, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
