@@ -694,19 +694,21 @@ def split_half_stability(
     filter_rate: float = 0.95,
     activation_bar_ratio: float = 0.95,
     progress: bool = True,
+    **collect_kw: Any,
 ) -> dict[str, float]:
     """Per-group Jaccard of the LAPE sets selected on two disjoint halves of every corpus.
 
     Each corpus is split by `Corpus.halves` (documents, seeded); statistics are collected on
     each half separately and `identify` run on each; the result is
     ``J_g = |S_g^(1) ∩ S_g^(2)| / |S_g^(1) ∪ S_g^(2)|`` (0 where both sets are empty).
+    ``collect_kw`` (``backend``, ``attention``, ``device``, ...) go to `collect`.
     """
     from tl_culture.lape import identify
     from tl_culture.stats import collect
 
     named = as_corpora(corpora)
     halves = {g: c.halves(seed) for g, c in named.items()}
-    kw = dict(seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+    kw = dict(seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, progress=progress, **collect_kw)
     lape = dict(top_rate=top_rate, filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio)
     sets = [identify(collect(model, {g: h[i] for g, h in halves.items()}, **kw), **lape) for i in (0, 1)]
     j = sets[0].jaccard(sets[1])

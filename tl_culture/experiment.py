@@ -24,6 +24,7 @@ from tl_culture._io import write_json_atomic, write_text_atomic
 from tl_culture.corpus import Corpus, demo_corpora, load_corpus
 from tl_culture.errors import TLCultureError
 from tl_culture.lape import identify
+from tl_culture.native import ATTENTIONS, BACKENDS
 from tl_culture.neurons import NeuronSet, culture_categories
 from tl_culture.stats import ActivationStats, collect
 
@@ -45,6 +46,7 @@ class ExperimentConfig:
         top_rate, filter_rate, activation_bar_ratio: LAPE constants.
         seed: seed of the held-out split and of the controls.
         device, dtype: where and how to run the model.
+        backend, attention: how `collect` runs the model (see `tl_culture.stats.collect`).
         evaluate: run the Δ NLL evaluation stage (``nll/{category}.json``).
         eval_tokens: scored held-out tokens per eval corpus (the 262k-vocab unembedding is the cost).
         eval_batch_size: rows per evaluation forward (memory ≈ rows × seq_len × d_vocab × 4 bytes).
@@ -75,6 +77,8 @@ class ExperimentConfig:
     seed: int = 0
     device: str | None = None
     dtype: str | None = None
+    backend: str = "auto"
+    attention: str | None = None
     progress: bool = True
     evaluate: bool = True
     eval_tokens: int | None = 128
@@ -104,6 +108,12 @@ class ExperimentConfig:
             raise TLCultureError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
         if self.control_seeds < 0 or self.bootstrap < 0:
             raise TLCultureError("--controls and --bootstrap must be 0 or more")
+        if self.backend not in BACKENDS:
+            raise TLCultureError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.attention is not None and self.attention not in ATTENTIONS:
+            raise TLCultureError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+        if self.attention is not None and self.backend == "hooks":
+            raise TLCultureError("--attention needs the native backend; drop it or use --backend native")
         if self.eval_mode not in ("matched", "all"):
             raise TLCultureError(f"--eval-mode must be matched or all, got {self.eval_mode!r}")
         if self.max_documents is not None and self.max_documents < 1:
@@ -225,7 +235,14 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
             model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         lang_sel, lang_held = split_all(languages, cfg.eval_fraction, cfg.seed)
         cult_sel, cult_held = split_all(cultures, cfg.eval_fraction, cfg.seed)
-        kw = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens, progress=cfg.progress)
+        kw = dict(
+            seq_len=cfg.seq_len,
+            batch_size=cfg.batch_size,
+            max_tokens=cfg.max_tokens,
+            progress=cfg.progress,
+            backend=cfg.backend,
+            attention=cfg.attention,
+        )
         stats_l = collect(model, lang_sel, **kw)
         stats_c = collect(model, cult_sel, **kw)
         stats_l.save(tmp / "stats_language.safetensors")
@@ -330,6 +347,8 @@ def _stability_stage(
         filter_rate=cfg.filter_rate,
         activation_bar_ratio=cfg.activation_bar_ratio,
         progress=cfg.progress,
+        backend=cfg.backend,
+        attention=cfg.attention,
     )
     out = {
         "language": split_half_stability(model, lang_sel, **kw),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tl_culture.errors import TLCultureError
+from tl_culture.native import ATTENTIONS, BACKENDS
 
 
 def name_eq_value(text: str, what: str = "NAME=PATH") -> tuple[str, str]:
@@ -88,4 +89,10 @@ def add_collect_args(p: argparse.ArgumentParser, seq_len: int = 512) -> None:
     p.add_argument("--seq-len", type=positive_int, default=seq_len, help=f"tokens per row (default {seq_len})")
     p.add_argument("--batch-size", type=positive_int, default=8, help="rows per forward (default 8)")
     p.add_argument("--max-tokens", type=positive_int, default=None, help="cap on tokens per group")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="hooks: TransformerLens hooks; native: the bridge's HF modules without its wrappers "
+                   "(faster, same counts); auto (default): native when no TL hooks are attached and it checks out")
+    p.add_argument("--attention", choices=ATTENTIONS, default=None,
+                   help="attention of the native backend: sdpa is faster but may change a few counts "
+                   "within float rounding (default: the model's own, eager on a bridge)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -54,7 +54,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             model, corpora, seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=args.max_tokens,
             pack=not args.no_pack, progress=not args.no_progress and info.is_main,
             checkpoint_dir=args.checkpoint, checkpoint_every=args.checkpoint_every,
-            checkpoint_seconds=args.checkpoint_seconds,
+            checkpoint_seconds=args.checkpoint_seconds, backend=args.backend, attention=args.attention,
         )
         if info.is_main:  # every rank holds the reduced totals; one writes them
             stats.save(args.out)
@@ -98,7 +98,7 @@ _RUN_FIELDS = {
     "filter_rate": "filter_rate", "bar_ratio": "activation_bar_ratio", "seed": "seed", "device": "device",
     "dtype": "dtype", "evaluate": "evaluate", "eval_tokens": "eval_tokens", "eval_batch_size": "eval_batch_size",
     "controls": "control_seeds", "bootstrap": "bootstrap", "eval_mode": "eval_mode", "stability": "stability",
-    "report": "report",
+    "report": "report", "backend": "backend", "attention": "attention",
 }
 
 
