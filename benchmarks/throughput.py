@@ -6,8 +6,11 @@ Every method runs in this process on the same ``int64[row, seq_len]`` rows, inte
     hf_body         (b) the floor: an untouched HF copy's body forward (``hf.base_model``), no hooks,
                         no unembedding, SDPA attention
     bridge_logits   (a) the TransformerLens bridge's plain forward with logits, ``model(ids)``
-    collect             ``tl_culture.collect`` (counts + float64 sums; the default)
+    collect             ``tl_culture.collect`` (counts + float64 sums; the defaults: backend "auto",
+                        i.e. native on a bridge that passes the probe)
     collect_nosums      ``collect(..., with_sums=False)``
+    collect_hooks       ``collect(..., backend="hooks")``: counting through TransformerLens hooks
+    collect_sdpa        ``collect(..., attention="sdpa")``: native backend with fused attention
     bridge_stop         bridge forward with no-op hooks on hook_pre that stop after the last one
                         (the floor of any collector built on TransformerLens hooks)
     hf_stop_count       untouched HF copy, torch forward hooks on each MLP's act_fn counting
@@ -41,6 +44,7 @@ from tl_culture.models import MLPHooks, model_device, parse_dtype  # noqa: E402
 
 TARGETS = {"collect_vs_hf_body": 0.95, "collect_vs_bridge_logits": 2.0}
 LOGIT_METHODS = ("bridge_logits", "run_with_cache", "hf_hook_batch1")
+BACKENDS_USED: dict[str, str] = {}  # collect's backend argument -> the backend it ran (meta["backend"])
 
 
 class _Stop(Exception):
@@ -57,6 +61,7 @@ def make_methods(model: Any, hf: Any, rows: torch.Tensor, batch_size: int) -> di
     hf_batches = [b.to(hf_dev) for b in batches]
     pre_names = [mlp.pre(layer) for layer in range(mlp.n_layers)]
     last = mlp.n_layers - 1
+    backends: dict[str, str] = BACKENDS_USED
 
     def hf_body() -> None:
         with torch.inference_mode():
@@ -68,7 +73,7 @@ def make_methods(model: Any, hf: Any, rows: torch.Tensor, batch_size: int) -> di
             for b in batches:
                 model(b)
 
-    def run_collect(with_sums: bool) -> torch.Tensor:
+    def run_collect(with_sums: bool = True, **kw: Any) -> torch.Tensor:
         stats = collect(
             model,
             {"bench": rows},
@@ -77,6 +82,10 @@ def make_methods(model: Any, hf: Any, rows: torch.Tensor, batch_size: int) -> di
             with_sums=with_sums,
             device=dev,
             progress=False,
+            **kw,
+        )
+        backends[kw.get("backend", "auto") + ("+" + kw["attention"] if "attention" in kw else "")] = stats.meta.get(
+            "backend"
         )
         return stats.counts[0]
 
@@ -135,8 +144,10 @@ def make_methods(model: Any, hf: Any, rows: torch.Tensor, batch_size: int) -> di
     return {
         "hf_body": hf_body,
         "bridge_logits": bridge_logits,
-        "collect": lambda: run_collect(True),
+        "collect": run_collect,
         "collect_nosums": lambda: run_collect(False),
+        "collect_hooks": lambda: run_collect(backend="hooks"),
+        "collect_sdpa": lambda: run_collect(attention="sdpa"),
         "bridge_stop": bridge_stop,
         "hf_stop_count": lambda: hf_counting(hf_batches, True, torch.inference_mode),
         "run_with_cache": run_with_cache,
@@ -218,6 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "collect_vs_hf_body": ratio("collect", "hf_body"),
         "collect_vs_bridge_logits": ratio("collect", "bridge_logits"),
         "collect_nosums_vs_hf_body": ratio("collect_nosums", "hf_body"),
+        "collect_hooks_vs_hf_body": ratio("collect_hooks", "hf_body"),
+        "collect_sdpa_vs_hf_body": ratio("collect_sdpa", "hf_body"),
         "bridge_stop_vs_hf_body": ratio("bridge_stop", "hf_body"),
         "hf_stop_count_vs_hf_body": ratio("hf_stop_count", "hf_body"),
         "collect_vs_run_with_cache": ratio("collect", "run_with_cache"),
@@ -225,11 +238,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     med = {k: v["median_s"] for k, v in per_method.items()}
     breakdown = {}
-    if {"hf_body", "bridge_stop", "collect_nosums", "collect"} <= set(med):
-        breakdown = {
+    if {"hf_body", "bridge_stop", "collect_hooks"} <= set(med):
+        breakdown["hooks_path"] = {
             "hf_body_s": med["hf_body"],
             "bridge_overhead_s": med["bridge_stop"] - med["hf_body"],
-            "counting_s": med["collect_nosums"] - med["bridge_stop"],
+            "counting_and_sums_s": med["collect_hooks"] - med["bridge_stop"],
+        }
+    if {"hf_body", "collect", "collect_nosums"} <= set(med):
+        breakdown["default_path"] = {
+            "hf_body_s": med["hf_body"],
+            "collect_minus_hf_body_s": med["collect"] - med["hf_body"],
             "float64_sums_s": med["collect"] - med["collect_nosums"],
         }
     out = {
@@ -254,9 +272,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in TARGETS.items()
         },
         "breakdown_s": breakdown,
+        "collect_backends": dict(BACKENDS_USED),
     }
     if args.profile:
-        out["profile"] = profile_ops(methods, tuple(n for n in ("hf_body", "bridge_stop", "collect") if n in methods))
+        names = ("hf_body", "bridge_stop", "collect", "collect_hooks")
+        out["profile"] = profile_ops(methods, tuple(n for n in names if n in methods))
     return out
 
 
@@ -287,8 +307,10 @@ def report(out: dict[str, Any]) -> str:
     for k, t in out["targets"].items():
         if t["measured"] is not None:
             lines.append(f"{k}: {t['measured']:.3f} (target >= {t['target']}) {'MET' if t['met'] else 'MISSED'}")
-    if out["breakdown_s"]:
-        lines.append("time breakdown (s): " + ", ".join(f"{k} {v:.2f}" for k, v in out["breakdown_s"].items()))
+    for path, parts in out["breakdown_s"].items():
+        lines.append(f"time breakdown, {path} (s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    if out.get("collect_backends"):
+        lines.append("collect backends: " + ", ".join(f"{k} -> {v}" for k, v in out["collect_backends"].items()))
     return "\n".join(lines)
 
 

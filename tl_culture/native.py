@@ -27,6 +27,7 @@ zero differ from the hook path (measured: 36 of 24.5 M on Gemma 3 270M, float32,
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -122,6 +123,27 @@ def _configs(root: torch.nn.Module) -> list[Any]:
             if c is not None and hasattr(c, "_attn_implementation"):
                 seen.setdefault(id(c), c)
     return list(seen.values())
+
+
+#: model -> attention -> (state_signature when the check passed, whether the activation module matched)
+_PASSED: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[int, bool]]] = weakref.WeakKeyDictionary()
+
+
+def state_signature(model: Any) -> int:
+    """A hash of what decides whether the native forward computes what the bridge computes.
+
+    Covers every module (identity, forward hooks and pre-hooks, an instance-patched ``forward``),
+    every parameter and buffer (storage, dtype, device and in-place version counter, so folding
+    or editing weights in place changes it) and ``model.cfg``. About a millisecond per call.
+    """
+    mods = tuple(
+        (id(m), len(m._forward_hooks), len(m._forward_pre_hooks), "forward" in m.__dict__) for m in model.modules()
+    )
+    tensors = tuple(
+        (t.data_ptr(), t._version, t.dtype, t.device.type, t.device.index)
+        for t in (*model.parameters(), *model.buffers())
+    )
+    return hash((mods, tensors, repr(getattr(model, "cfg", None))))
 
 
 class NativeForward:
@@ -256,7 +278,22 @@ class NativeForward:
         attention; close within float rounding with another ``attention``) and the activation
         module's output matches act_fn(pre); otherwise why not. If only the activation module
         does not match, it is dropped (callbacks then get ``act=None``) and None is returned.
+
+        A passed check is remembered for this model as long as its `state_signature` (modules,
+        their hooks and patched forwards, parameters and their in-place versions, cfg) and the
+        attention stay the same, so repeated `collect` calls on one model check it once.
         """
+        passed = _PASSED.get(self.model, {}).get(self.attention)
+        if passed is not None and passed[0] == state_signature(self.model):
+            if not passed[1]:
+                self.acts = None
+            return None
+        problem = self._verify(input_ids)
+        if problem is None:  # the signature after the check: the bridge wires its capture hooks once, on use
+            _PASSED.setdefault(self.model, {})[self.attention] = (state_signature(self.model), self.acts is not None)
+        return problem
+
+    def _verify(self, input_ids: torch.Tensor) -> str | None:
         L = self.mlp.n_layers
         bridge: list[torch.Tensor | None] = [None] * L
 

@@ -663,8 +663,8 @@ def _choose_backend(
     """``(native forward or None, backend name, attention implementation, why not native)`` for `collect`.
 
     ``auto`` falls back to the hooks quietly (the reason goes into the statistics' meta): on
-    LayerNorm models (GPT-2) the bridge recomputes the norm in another order, so the native
-    forward is not bit-identical and the probe refuses it by design.
+    LayerNorm models (GPT-2, TL-native dense models) the bridge's forward differs from the HF
+    modules' in the last float bit, so the probe refuses the native forward by design.
     """
     if backend == "hooks":
         return None, "hooks", _attn_implementation(model), None
