@@ -17,7 +17,10 @@ its bfloat16 activations, which flips the sign of activations within bfloat16 ro
 (about 1 % of counts differ from a float32 run; see docs/scale.md). On gated MLPs this is NOT
 ``hook_post``, whose sign also depends on the up projection. Only reducing hooks run (never
 ``run_with_cache``), under ``torch.inference_mode``, and the forward stops once the last MLP hook
-has fired, so the unembedding is never computed.
+has fired, so the unembedding is never computed. The hooks are TransformerLens hooks on
+``hook_pre`` (``backend="hooks"``), or, on a TL 4.x bridge with no TransformerLens hooks attached,
+torch hooks on its own HF modules with the bridge wrappers taken out (``"native"``, see
+`tl_culture.native`; bit-identical, checked on a probe input first). ``"auto"`` picks.
 
 Exactness. Counts are integer sums over batches, so they do not depend on how the batches are
 split between processes or interrupted runs:
