@@ -10,7 +10,9 @@ via ``/proc/self/clear_refs``) and CUDA's peak counter, runs the method once, an
 
 Methods:
 
-    collect               tl_culture.collect (counts + float64 sums)
+    collect               tl_culture.collect (counts + float64 sums) on the pre-tokenized rows
+    collect_text          tl_culture.collect on the FLORES text itself with max_tokens=tokens: the
+                          streamed tokenization and packing (`RowStream`) are inside the measurement
     run_with_cache_store  per batch ``run_with_cache(names_filter=hook_pre)``, keep every batch's
                           activations, count ``act_fn(pre) > 0`` at the end (the notebook pattern)
     run_with_cache_batch  same, but count each batch and drop its cache (logits + cache per batch)
@@ -35,7 +37,7 @@ import torch  # noqa: E402
 
 from tl_culture.errors import TLCultureError  # noqa: E402
 
-METHODS = ("collect", "run_with_cache_store", "run_with_cache_batch")
+METHODS = ("collect", "collect_text", "run_with_cache_store", "run_with_cache_batch")
 FLAT_TOLERANCE = 0.05
 
 
@@ -51,13 +53,18 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
-def run_method(method: str, model: Any, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Run one method over ``rows``; returns ``int64[layer, neuron]`` counts."""
+def run_method(
+    method: str, model: Any, rows: torch.Tensor, batch_size: int, texts: list[str] | None = None
+) -> torch.Tensor:
+    """Run one method over ``rows`` (``collect_text``: over ``texts``, as many tokens); returns
+    ``int64[layer, neuron]`` counts."""
     from tl_culture import collect
     from tl_culture.models import MLPHooks, model_device
 
-    if method == "collect":
-        stats = collect(model, {"bench": rows}, seq_len=rows.shape[1], batch_size=batch_size, progress=False)
+    if method in ("collect", "collect_text"):
+        corpus = {"bench": rows if method == "collect" else texts}
+        cap = None if method == "collect" else int(rows.numel()) - len(rows)  # the same number of counted tokens
+        stats = collect(model, corpus, seq_len=rows.shape[1], batch_size=batch_size, max_tokens=cap, progress=False)
         return stats.counts[0]
     mlp = MLPHooks.from_model(model)
     dev = model_device(model)
@@ -89,6 +96,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     rows = C.bench_rows(model, args.tokens, args.seq_len)
+    texts = C.bench_texts() if args.method == "collect_text" else None
     dev = model_device(model)
     # Fault in every weight page first (safetensors weights are memory-mapped): otherwise RSS grows
     # with the number of distinct token ids as the 262k x 640 embedding's rows are first touched,
@@ -104,7 +112,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     cuda_base = torch.cuda.memory_allocated() if dev.type == "cuda" else None
     t0 = time.perf_counter()
-    counts = run_method(args.method, model, rows, args.batch_size)
+    counts = run_method(args.method, model, rows, args.batch_size, texts)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

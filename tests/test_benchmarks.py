@@ -155,6 +155,15 @@ def test_memory_worker_counts_match_collect(tiny_hf_model, C):
     ref = mem.run_method("collect", tiny_hf_model, rows, 2)
     for method in ("run_with_cache_store", "run_with_cache_batch"):
         assert torch.equal(mem.run_method(method, tiny_hf_model, rows, 2), ref), method
+    # from text: the same rows (bench_rows packs the same text), but the BOS positions are not counted
+    from tl_culture import MLPHooks
+
+    text = mem.run_method("collect_text", tiny_hf_model, rows, 2, C.bench_texts())
+    mlp = MLPHooks.from_model(tiny_hf_model)
+    with torch.inference_mode():
+        _, cache = tiny_hf_model.run_with_cache(rows)
+    bos = torch.stack([(cache[mlp.pre(layer)][:, 0] > 0).sum(0) for layer in range(mlp.n_layers)])
+    assert torch.equal(text, ref - bos)
 
 
 def test_memory_smoke(tiny_hf_dir, tmp_path):
@@ -166,7 +175,7 @@ def test_memory_smoke(tiny_hf_dir, tmp_path):
             "--sizes",
             "32,64",
             "--methods",
-            "collect",
+            "collect,collect_text",
             "--seq-len",
             "16",
             "--batch-size",
@@ -176,7 +185,7 @@ def test_memory_smoke(tiny_hf_dir, tmp_path):
         ]
     )
     runs = out["runs"]["collect"]
-    assert [r["tokens"] for r in runs] == [32, 64]
+    assert [r["tokens"] for r in runs] == [32, 64] == [r["tokens"] for r in out["runs"]["collect_text"]]
     assert all(r["peak_rss_mib"] >= r["base_rss_mib"] > 0 for r in runs)
     g = out["growth"]["collect"]
     assert g["tokens_ratio"] == 2 and g["peak_rss_ratio"] == pytest.approx(

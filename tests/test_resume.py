@@ -288,3 +288,21 @@ def test_out_of_memory_with_one_row_per_batch(gated_model, monkeypatch):
     assert str(err.value) == (
         "out of memory on cpu running 1 rows x 8 tokens; use a smaller --seq-len (a batch is already one row)"
     )
+
+
+def test_resume_skips_finished_groups(gated_model, tmp_path, monkeypatch):
+    """A group read to the end before the crash is not streamed again (only peeked at for its first rows)."""
+    from tl_culture.corpus import RowStream
+
+    corpora = {"a": rows(1, 7), "b": rows(2, 5)}  # batches of 2: a has 4, b has 3
+    ref = collect(gated_model, corpora, seq_len=8, batch_size=2, progress=False)
+    crash_after(monkeypatch, 5)  # inside group b
+    with pytest.raises(Crash):
+        collect(gated_model, corpora, seq_len=8, batch_size=2, progress=False, checkpoint_dir=tmp_path,
+                checkpoint_every=1)
+    assert read_progress(tmp_path / "rank0.safetensors")["finished"] == [True, False]
+    monkeypatch.undo()
+    streamed, iterate = [], RowStream.__iter__
+    monkeypatch.setattr(RowStream, "__iter__", lambda self: streamed.append(self.corpus.name) or iterate(self))
+    assert_same(collect(gated_model, corpora, seq_len=8, batch_size=2, progress=False, checkpoint_dir=tmp_path), ref)
+    assert streamed == ["a", "b", "b"]  # the first-rows peek of each group, then only b

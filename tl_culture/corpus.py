@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,171 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+class RowStream:
+    """The rows of `encode`, produced block by block: memory O(block), not O(corpus).
+
+    Documents are tokenized ``chunk_documents`` at a time and packed (or truncated) into rows as
+    they come, so a 100M-token corpus never exists as token ids all at once. Iterating yields
+    `TokenRows` of ``block_rows`` rows (the last block may be shorter); concatenated they are
+    exactly `encode`'s rows (block ``b`` = rows ``[b * block_rows, (b + 1) * block_rows)``), up
+    to right padding, which the model never sees (`Counter` trims all-padding columns).
+
+    Args:
+        corpus: the corpus.
+        tokenizer: a HF tokenizer (unused for pre-tokenized corpora).
+        seq_len: tokens per row, the BOS token included.
+        block_rows: rows per yielded block (`collect` uses its batch size).
+        pack, max_tokens, add_bos, separator: as in `encode`.
+        chunk_documents: documents tokenized per tokenizer call.
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        tokenizer: Any,
+        seq_len: int,
+        *,
+        block_rows: int,
+        pack: bool = True,
+        max_tokens: int | None = None,
+        add_bos: bool = True,
+        separator: str = SEPARATOR,
+        chunk_documents: int = 256,
+    ) -> None:
+        if seq_len < 2:
+            raise TLCultureError(f"seq_len must be at least 2, got {seq_len}")
+        if max_tokens is not None and max_tokens < 1:
+            raise TLCultureError(f"max_tokens must be positive, got {max_tokens}")
+        if block_rows < 1 or chunk_documents < 1:
+            raise TLCultureError("block_rows and chunk_documents must be at least 1")
+        if corpus.rows is None and tokenizer is None:
+            raise TLCultureError("this model has no tokenizer; give pre-tokenized rows instead of text")
+        self.corpus, self.tokenizer, self.seq_len = corpus, tokenizer, seq_len
+        self.block_rows, self.pack, self.max_tokens = block_rows, pack, max_tokens
+        self.separator, self.chunk_documents = separator, chunk_documents
+        self._chars = 0
+        bos = getattr(tokenizer, "bos_token_id", None) if add_bos and corpus.rows is None else None
+        self.prefix = [int(bos)] if bos is not None else []
+        self.width = seq_len - len(self.prefix)  # corpus tokens per row
+        self.meta: dict[str, Any] = (
+            {"pack": "pretokenized", "seq_len": seq_len}
+            if corpus.rows is not None
+            else {"pack": pack, "seq_len": seq_len, "bos": bool(self.prefix)}
+        )
+
+    def estimated_tokens(self, seen_tokens: int = 0, seen_chars: int = 0) -> int | None:
+        """Counted tokens the whole stream will give: exact for rows, else extrapolated from the
+        tokens per character seen so far (None before any)."""
+        if self.corpus.rows is not None:
+            n = int(self.corpus.rows[:, : self.seq_len].numel())
+        elif seen_chars and seen_tokens:
+            n = round(seen_tokens / seen_chars * sum(len(d) for d in self.corpus.documents))
+        else:
+            return self.max_tokens
+        return min(n, self.max_tokens) if self.max_tokens is not None else n
+
+    def __iter__(self) -> Iterator[TokenRows]:
+        """Blocks of rows, in order."""
+        if self.corpus.rows is not None:
+            yield from self._pretokenized()
+            return
+        block: list[list[int]] = []
+        for row in self._token_rows():
+            block.append(row)
+            if len(block) == self.block_rows:
+                yield self._tensors(block)
+                block = []
+        if block:
+            yield self._tensors(block)
+
+    @property
+    def chars_consumed(self) -> int:
+        """Characters of the documents tokenized so far (for progress estimates)."""
+        return self._chars
+
+    def _pretokenized(self) -> Iterator[TokenRows]:
+        ids = self.corpus.rows[:, : self.seq_len]
+        if self.max_tokens is not None:
+            ids = ids[: -(-self.max_tokens // ids.shape[1])]
+        for start in range(0, ids.shape[0], self.block_rows):
+            part = ids[start : start + self.block_rows]
+            count = torch.ones_like(part, dtype=torch.bool)
+            before = start * ids.shape[1]
+            if self.max_tokens is not None and before + count.numel() > self.max_tokens:
+                count.view(-1)[max(0, self.max_tokens - before) :] = False
+            yield TokenRows(part, torch.ones_like(part, dtype=torch.bool), count, dict(self.meta))
+
+    def _documents(self) -> Iterator[list[int]]:
+        docs = self.corpus.documents
+        self._chars = 0
+        for start in range(0, len(docs), self.chunk_documents):
+            chunk = docs[start : start + self.chunk_documents]
+            self._chars += sum(len(d) for d in chunk)
+            yield from self.tokenizer(list(chunk), add_special_tokens=False)["input_ids"]
+
+    def _token_rows(self) -> Iterator[list[int]]:
+        """Rows of corpus tokens (no BOS, no padding), as `encode` cuts them."""
+        total, width, cap = 0, self.width, self.max_tokens
+        produced = False
+        if self.pack:
+            sep = self.tokenizer(self.separator, add_special_tokens=False)["input_ids"] if self.separator else []
+            buf: list[int] = []
+            for i, d in enumerate(self._documents()):
+                piece = (sep + d) if i else d
+                if cap is not None:
+                    piece = piece[: cap - total]
+                buf.extend(piece)
+                total += len(piece)
+                if len(buf) >= width:
+                    n_full = len(buf) // width
+                    for k in range(n_full):
+                        produced = True
+                        yield buf[k * width : (k + 1) * width]
+                    buf = buf[n_full * width :]
+                if cap is not None and total >= cap:
+                    break
+            if buf:
+                produced = True
+                yield buf
+        else:
+            for d in self._documents():
+                d = d[:width] if cap is None else d[: min(width, cap - total)]
+                if d:
+                    produced = True
+                    total += len(d)
+                    yield d
+                if cap is not None and total >= cap:
+                    break
+        if not produced:
+            raise TLCultureError(f"corpus {self.corpus.name!r} gives no tokens; give it some text")
+
+    def _tensors(self, rows: list[list[int]]) -> TokenRows:
+        prefix, pad = self.prefix, _pad_id(self.tokenizer)
+        n, L = len(rows), len(prefix) + max(len(r) for r in rows)
+        ids = torch.full((n, L), pad, dtype=torch.long)
+        attn = torch.zeros((n, L), dtype=torch.bool)
+        count = torch.zeros((n, L), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            m = len(prefix) + len(r)
+            ids[i, :m] = torch.tensor(prefix + r, dtype=torch.long)
+            attn[i, :m] = True
+            count[i, len(prefix) : m] = True
+        return TokenRows(ids, attn, count, dict(self.meta))
+
+
+def concat_rows(blocks: Sequence[TokenRows], pad_id: int = 0) -> TokenRows:
+    """Stack blocks of rows, right-padding narrower blocks with ``pad_id`` (masked out)."""
+    L = max(b.input_ids.shape[1] for b in blocks)
+
+    def pad(t: torch.Tensor, value: int | bool) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, L - t.shape[1]), value=value) if t.shape[1] < L else t
+
+    ids = torch.cat([pad(b.input_ids, pad_id) for b in blocks])
+    attn = torch.cat([pad(b.attention_mask, False) for b in blocks])
+    count = torch.cat([pad(b.count_mask, False) for b in blocks])
+    return TokenRows(ids, attn, count, dict(blocks[0].meta))
+
+
 def encode(
     corpus: Corpus,
     tokenizer: Any,
@@ -314,62 +479,11 @@ def encode(
     Packed (``pack=True``): documents are tokenized, joined with ``separator`` and cut into rows
     of ``seq_len`` tokens; each row starts with the tokenizer's BOS token (not counted), so no
     padding is needed except in the last row. Unpacked: one document per row, truncated, padded
-    on the right. ``max_tokens`` caps the counted tokens.
+    on the right. ``max_tokens`` caps the counted tokens. All rows at once; `RowStream` gives
+    the same rows block by block.
     """
-    if seq_len < 2:
-        raise TLCultureError(f"seq_len must be at least 2, got {seq_len}")
-    if max_tokens is not None and max_tokens < 1:
-        raise TLCultureError(f"max_tokens must be positive, got {max_tokens}")
-    if corpus.rows is not None:
-        ids = corpus.rows[:, :seq_len]
-        if max_tokens is not None:
-            n_rows = -(-max_tokens // ids.shape[1])
-            ids = ids[:n_rows]
-        full = torch.ones_like(ids, dtype=torch.bool)
-        count = full.clone()
-        if max_tokens is not None and count.sum() > max_tokens:
-            count.view(-1)[max_tokens:] = False
-        return TokenRows(ids, full, count, {"pack": "pretokenized", "seq_len": seq_len})
-    if tokenizer is None:
-        raise TLCultureError("this model has no tokenizer; give pre-tokenized rows instead of text")
-    bos = getattr(tokenizer, "bos_token_id", None) if add_bos else None
-    width = seq_len - (1 if bos is not None else 0)
-    docs = tokenizer(list(corpus.documents), add_special_tokens=False)["input_ids"]
-    pad = _pad_id(tokenizer)
-    rows: list[list[int]] = []
-    if pack:
-        sep = tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
-        stream: list[int] = []
-        for i, d in enumerate(docs):
-            if i:
-                stream.extend(sep)
-            stream.extend(d)
-            if max_tokens is not None and len(stream) >= max_tokens:
-                break
-        if max_tokens is not None:
-            stream = stream[:max_tokens]
-        rows = [stream[i : i + width] for i in range(0, len(stream), width)]
-    else:
-        total = 0
-        for d in docs:
-            d = d[:width]
-            if max_tokens is not None:
-                d = d[: max_tokens - total]
-            if d:
-                rows.append(d)
-                total += len(d)
-            if max_tokens is not None and total >= max_tokens:
-                break
-    if not rows:
-        raise TLCultureError(f"corpus {corpus.name!r} gives no tokens; give it some text")
-    prefix = [bos] if bos is not None else []
-    n, L = len(rows), len(prefix) + max(len(r) for r in rows)
-    ids = torch.full((n, L), pad, dtype=torch.long)
-    attn = torch.zeros((n, L), dtype=torch.bool)
-    count = torch.zeros((n, L), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        m = len(prefix) + len(r)
-        ids[i, :m] = torch.tensor(prefix + r, dtype=torch.long)
-        attn[i, :m] = True
-        count[i, len(prefix) : m] = True
-    return TokenRows(ids, attn, count, {"pack": pack, "seq_len": seq_len, "bos": bos is not None})
+    stream = RowStream(
+        corpus, tokenizer, seq_len, block_rows=4096, pack=pack, max_tokens=max_tokens, add_bos=add_bos,
+        separator=separator,
+    )
+    return concat_rows(list(stream), pad_id=_pad_id(tokenizer))

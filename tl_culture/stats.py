@@ -40,6 +40,7 @@ split between processes or interrupted runs:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -54,7 +55,7 @@ from jaxtyping import Float, Int
 
 from tl_culture import __version__
 from tl_culture._io import load_tensors, save_tensors
-from tl_culture.corpus import Corpus, TokenRows, as_corpora, encode
+from tl_culture.corpus import Corpus, RowStream, TokenRows, as_corpora
 from tl_culture.distributed import all_reduce_sum, any_rank, rank_world
 from tl_culture.errors import TLCultureError
 from tl_culture.models import MLPHooks, model_device, model_name
@@ -330,6 +331,21 @@ def weights_fingerprint(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str | None:
+    """sha256 (16 hex digits) of a tokenizer's full definition (a fast tokenizer's JSON: vocabulary,
+    merges, normalizer; else its sorted vocabulary) and special tokens; None without a tokenizer.
+    Paths are not part of it, so the same tokenizer in another folder or node matches."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        body = backend.to_str()
+    else:
+        body = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return hashlib.sha256((body + special).encode("utf-8")).hexdigest()[:16]
+
+
 def rows_fingerprint(rows: TokenRows) -> str:
     """sha256 (16 hex digits) of tokenized rows: token ids, attention and count masks."""
     h = hashlib.sha256(str(tuple(rows.input_ids.shape)).encode())
@@ -351,6 +367,10 @@ class _Progress:
     tokens: Int[torch.Tensor, " group"]
     sums: Float[torch.Tensor, "group layer neuron"] | None
     done: list[int]  # batches of this rank's share done, per group
+    finished: list[bool] = field(default_factory=list)  # group's stream read to the end
+
+    def __post_init__(self) -> None:
+        self.finished = list(self.finished) or [False] * len(self.done)
 
     @classmethod
     def zeros(cls, G: int, L: int, N: int, with_sums: bool) -> _Progress:
@@ -373,7 +393,7 @@ def _describe_mismatch(key: str, old: Any, new: Any) -> str:
         if key == "corpora":
             return f"the text of group {group!r} changed (fingerprint {old.get(group)} -> {new.get(group)})"
         if key == "rows":
-            return f"the tokenized rows of group {group!r} differ (another tokenizer?)"
+            return f"the first tokenized rows of group {group!r} differ (another tokenizer?)"
         return f"{key} of group {group!r} differs"
     if key == "weights":
         return f"the model weights differ (fingerprint {old} -> {new})"
@@ -444,9 +464,11 @@ class CollectCheckpoint:
         if not shape_ok or not isinstance(done, list) or len(done) != G:
             raise TLCultureError(f"{self.path}: checkpoint is corrupted; delete it to count again")
         sums = t["sums"].to(torch.float64) if with_sums else None
-        return _Progress(t["counts"].to(torch.int64), t["tokens"].to(torch.int64), sums, [int(d) for d in done]), bool(
-            meta.get("complete", False)
-        )
+        finished = meta.get("finished")
+        finished = [bool(f) for f in finished] if isinstance(finished, list) and len(finished) == G else []
+        counts, tokens = t["counts"].to(torch.int64), t["tokens"].to(torch.int64)
+        progress = _Progress(counts, tokens, sums, [int(d) for d in done], finished)
+        return progress, bool(meta.get("complete", False))
 
     def due(self, rows: int) -> bool:
         """Count ``rows`` more rows; True when a save is due (every N rows or S seconds)."""
@@ -463,6 +485,7 @@ class CollectCheckpoint:
         meta = {
             "settings": self.settings,
             "done": list(progress.done),
+            "finished": list(progress.finished),
             "complete": complete,
             "rank": self.rank,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -560,7 +583,11 @@ def collect(
     dev = torch.device(device) if device is not None else model_device(model)
     rank, world = rank_world() if distributed is not False else (0, 1)  # (0, 1) without a process group
     tokenizer = getattr(model, "tokenizer", None)
-    encoded = {g: encode(c, tokenizer, seq_len, pack=pack, max_tokens=max_tokens) for g, c in named.items()}
+    streams = {
+        g: RowStream(c, tokenizer, seq_len, block_rows=batch_size, pack=pack, max_tokens=max_tokens)
+        for g, c in named.items()
+    }
+    first = {g: next(iter(s)) for g, s in streams.items()}  # fails fast on a corpus without tokens
     G, L, N = len(named), mlp.n_layers, mlp.d_mlp
     meta = collect_meta(model, mlp, named, seq_len=seq_len, pack=pack, max_tokens=max_tokens)
     meta.update(batch_size=batch_size, world_size=world)
@@ -588,7 +615,8 @@ def collect(
             "batch_size": batch_size,
             "with_sums": with_sums,
             "attention": attention,
-            "rows": {g: rows_fingerprint(r) for g, r in encoded.items()},
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "rows": {g: rows_fingerprint(r) for g, r in first.items()},
         }
         ckpt = CollectCheckpoint(checkpoint_dir, rank, world, settings, checkpoint_every, checkpoint_seconds)
         problem = ckpt.problem()
@@ -601,47 +629,37 @@ def collect(
     native = None
     if not complete:
         native, meta["backend"], meta["attention"], note = _choose_backend(
-            model, mlp, backend, attention, _probe(next(iter(encoded.values())), dev)
+            model, mlp, backend, attention, _probe(next(iter(first.values())), dev)
         )
         if note:
             meta["backend_note"] = note
     t0 = time.perf_counter()
-    for gi, (group, rows) in enumerate(encoded.items()):
-        n_batches = -(-len(rows) // batch_size)
-        mine = range(rank, n_batches, world)
-        todo = mine[state.done[gi] :]
-        if complete or len(todo) == 0:
+    for gi, (group, stream) in enumerate(streams.items()):
+        if complete or state.finished[gi]:
             continue
-        row_tokens = rows.count_mask.sum(1)
-        total = int(sum(int(row_tokens[b * batch_size : (b + 1) * batch_size].sum()) for b in mine))
         counter = Counter(model, mlp, dev, with_sums, native)
         counter.start_from(state.counts[gi], int(state.tokens[gi]), state.sums[gi] if state.sums is not None else None)
         desc = f"collect {group}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+        estimate = stream.estimated_tokens()
+        total = None if estimate is None else -(-estimate // world)
+        seen = 0  # counted tokens of every batch streamed so far, all ranks' shares
         with _progress(total, desc, progress, initial=int(state.tokens[gi])) as bar, torch.inference_mode():
             with counter.attached():
-                for b in todo:
-                    batch = rows.slice(b * batch_size, (b + 1) * batch_size)
-                    try:
-                        n = counter.run_batch(batch)
-                    except Exception as exc:
-                        if not _is_oom(exc):
-                            raise
-                        fix = (
-                            f"use a smaller batch size (--batch-size {batch_size // 2})"
-                            if batch_size > 1
-                            else "use a smaller --seq-len (a batch is already one row)"
-                        )
-                        kept = "; the checkpoint keeps the progress" if ckpt is not None else ""
-                        raise TLCultureError(
-                            f"out of memory on {dev} running {len(batch)} rows x {batch.input_ids.shape[1]} tokens; "
-                            f"{fix}{kept}"
-                        ) from exc
+                for b, batch in enumerate(stream):
+                    seen += batch.n_tokens
+                    if b % world != rank or b // world < state.done[gi]:
+                        continue  # another rank's batch, or counted before the resume
+                    n = _run_batch(counter, batch, dev, batch_size, ckpt is not None)
                     state.done[gi] += 1
+                    if estimate is None or stream.corpus.rows is None:  # refine the total from tokens per char
+                        guess = stream.estimated_tokens(seen, stream.chars_consumed)
+                        bar.total = None if guess is None else max(bar.n + n, -(-guess // world))
                     bar.update(n)
                     if ckpt is not None and ckpt.due(len(batch)):
                         state.take(gi, counter)
                         ckpt.save(state)
         state.take(gi, counter)
+        state.finished[gi] = True
         if ckpt is not None:
             ckpt.save(state)
     if ckpt is not None and not complete:
@@ -652,6 +670,24 @@ def collect(
         counts, tokens, sums = all_reduce_sum([counts, tokens, sums], dev)
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     return ActivationStats(list(named), counts, tokens, sums, meta)
+
+
+def _run_batch(counter: Counter, batch: TokenRows, dev: torch.device, batch_size: int, checkpointed: bool) -> int:
+    """`Counter.run_batch`, turning out-of-memory into a one-line error with the batch size to try."""
+    try:
+        return counter.run_batch(batch)
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        fix = (
+            f"use a smaller batch size (--batch-size {batch_size // 2})"
+            if batch_size > 1
+            else "use a smaller --seq-len (a batch is already one row)"
+        )
+        kept = "; the checkpoint keeps the progress" if checkpointed else ""
+        raise TLCultureError(
+            f"out of memory on {dev} running {len(batch)} rows x {batch.input_ids.shape[1]} tokens; {fix}{kept}"
+        ) from exc
 
 
 def _probe(rows: TokenRows, device: torch.device, max_len: int = 32) -> Int[torch.Tensor, "1 pos"]:
