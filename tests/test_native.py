@@ -181,3 +181,19 @@ def test_checkpoint_refuses_another_attention(tiny_hf_model, tmp_path):
     # the backend itself is no setting: native and hooks give the same counts, so they may resume each other
     done = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=tmp_path, backend="hooks")
     assert isinstance(done, ActivationStats)
+
+
+def test_a_swapped_hook_is_checked_again(tiny_hf_model):
+    """Replacing a harmless wrapper hook by a harmful one (same number of hooks) is noticed."""
+    ln2 = tiny_hf_model.blocks[0].ln2
+    harmless = ln2.register_forward_hook(lambda module, args, out: None)
+    try:
+        assert collect(tiny_hf_model, TEXTS, seq_len=10, progress=False).meta["backend"] == "native"
+    finally:
+        harmless.remove()
+    harmful = ln2.register_forward_hook(lambda module, args, out: out * 2.0)
+    try:
+        stats = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False)
+        assert stats.meta["backend"] == "hooks" and "layer 0: hook_pre differs" in stats.meta["backend_note"]
+    finally:
+        harmful.remove()

@@ -125,19 +125,20 @@ def _configs(root: torch.nn.Module) -> list[Any]:
     return list(seen.values())
 
 
-#: model -> attention -> (state_signature when the check passed, whether the activation module matched)
-_PASSED: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[int, bool]]] = weakref.WeakKeyDictionary()
+#: model -> attention -> (state_signature at the check, its problem or None, whether the activation module matched)
+_CHECKED: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[int, str | None, bool]]] = weakref.WeakKeyDictionary()
 
 
 def state_signature(model: Any) -> int:
     """A hash of what decides whether the native forward computes what the bridge computes.
 
-    Covers every module (identity, forward hooks and pre-hooks, an instance-patched ``forward``),
+    Covers every module (identity, the ids of its forward hooks and pre-hooks, which are new for
+    every registration, an instance-patched ``forward``),
     every parameter and buffer (storage, dtype, device and in-place version counter, so folding
     or editing weights in place changes it) and ``model.cfg``. About a millisecond per call.
     """
     mods = tuple(
-        (id(m), len(m._forward_hooks), len(m._forward_pre_hooks), "forward" in m.__dict__) for m in model.modules()
+        (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks), "forward" in m.__dict__) for m in model.modules()
     )
     tensors = tuple(
         (t.data_ptr(), t._version, t.dtype, t.device.type, t.device.index)
@@ -279,18 +280,19 @@ class NativeForward:
         module's output matches act_fn(pre); otherwise why not. If only the activation module
         does not match, it is dropped (callbacks then get ``act=None``) and None is returned.
 
-        A passed check is remembered for this model as long as its `state_signature` (modules,
-        their hooks and patched forwards, parameters and their in-place versions, cfg) and the
-        attention stay the same, so repeated `collect` calls on one model check it once.
+        The outcome is remembered for this model as long as its `state_signature` (modules, their
+        hooks and patched forwards, parameters and their in-place versions, cfg) and the attention
+        stay the same, so repeated `collect` calls on one model check it once.
         """
-        passed = _PASSED.get(self.model, {}).get(self.attention)
-        if passed is not None and passed[0] == state_signature(self.model):
-            if not passed[1]:
+        known = _CHECKED.get(self.model, {}).get(self.attention)
+        if known is not None and known[0] == state_signature(self.model):
+            if not known[2]:
                 self.acts = None
-            return None
+            return known[1]
         problem = self._verify(input_ids)
-        if problem is None:  # the signature after the check: the bridge wires its capture hooks once, on use
-            _PASSED.setdefault(self.model, {})[self.attention] = (state_signature(self.model), self.acts is not None)
+        # the signature after the check: the bridge wires its own capture hooks once, on first use
+        outcome = (state_signature(self.model), problem, self.acts is not None)
+        _CHECKED.setdefault(self.model, {})[self.attention] = outcome
         return problem
 
     def _verify(self, input_ids: torch.Tensor) -> str | None:

@@ -59,7 +59,7 @@ from tl_culture.corpus import Corpus, RowStream, TokenRows, as_corpora
 from tl_culture.distributed import all_reduce_sum, any_rank, rank_world
 from tl_culture.errors import TLCultureError
 from tl_culture.models import MLPHooks, model_device, model_name
-from tl_culture.native import BACKENDS, NativeForward, native_problem
+from tl_culture.native import ATTENTIONS, BACKENDS, NativeForward, native_problem
 
 KIND = "ActivationStats"
 
@@ -578,6 +578,12 @@ def collect(
         raise TLCultureError(f"checkpoint_every must be a positive number of rows, got {checkpoint_every}")
     if checkpoint_seconds is not None and not checkpoint_seconds > 0:
         raise TLCultureError(f"checkpoint_seconds must be positive, got {checkpoint_seconds}")
+    if backend not in BACKENDS:
+        raise TLCultureError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if attention is not None and attention not in ATTENTIONS:
+        raise TLCultureError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTIONS)}")
+    if attention is not None and backend == "hooks":
+        raise TLCultureError(f"attention={attention!r} needs the native backend; drop it or use backend='native'")
     mlp = MLPHooks.from_model(model)
     named = as_corpora(corpora)
     dev = torch.device(device) if device is not None else model_device(model)
@@ -591,10 +597,6 @@ def collect(
     G, L, N = len(named), mlp.n_layers, mlp.d_mlp
     meta = collect_meta(model, mlp, named, seq_len=seq_len, pack=pack, max_tokens=max_tokens)
     meta.update(batch_size=batch_size, world_size=world)
-    if backend not in BACKENDS:
-        raise TLCultureError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if attention is not None and backend == "hooks":
-        raise TLCultureError(f"attention={attention!r} needs the native backend; drop it or use backend='native'")
 
     ckpt = None
     state, complete = _Progress.zeros(G, L, N, with_sums), False
