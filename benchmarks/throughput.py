@@ -7,10 +7,11 @@ Every method runs in this process on the same ``int64[row, seq_len]`` rows, inte
                         no unembedding, SDPA attention
     bridge_logits   (a) the TransformerLens bridge's plain forward with logits, ``model(ids)``
     collect             ``tl_culture.collect`` (counts + float64 sums; the defaults: backend "auto",
-                        i.e. native on a bridge that passes the probe)
+                        i.e. native with sdpa attention on a bridge that passes the probe)
     collect_nosums      ``collect(..., with_sums=False)``
+    collect_eager       ``collect(..., attention="eager")``: native backend with the bridge's eager
+                        attention (counts bit-identical to the hooks)
     collect_hooks       ``collect(..., backend="hooks")``: counting through TransformerLens hooks
-    collect_sdpa        ``collect(..., attention="sdpa")``: native backend with fused attention
     bridge_stop         bridge forward with no-op hooks on hook_pre that stop after the last one
                         (the floor of any collector built on TransformerLens hooks)
     hf_stop_count       untouched HF copy, torch forward hooks on each MLP's act_fn counting
@@ -84,9 +85,8 @@ def make_methods(model: Any, hf: Any, rows: torch.Tensor, batch_size: int) -> di
             progress=False,
             **kw,
         )
-        backends[kw.get("backend", "auto") + ("+" + kw["attention"] if "attention" in kw else "")] = stats.meta.get(
-            "backend"
-        )
+        asked = kw.get("backend", "auto") + ("+" + kw["attention"] if "attention" in kw else "")
+        backends[asked] = f"{stats.meta.get('backend')}+{stats.meta.get('attention')}"
         return stats.counts[0]
 
     def bridge_stop() -> None:
@@ -146,8 +146,8 @@ def make_methods(model: Any, hf: Any, rows: torch.Tensor, batch_size: int) -> di
         "bridge_logits": bridge_logits,
         "collect": run_collect,
         "collect_nosums": lambda: run_collect(False),
+        "collect_eager": lambda: run_collect(attention="eager"),
         "collect_hooks": lambda: run_collect(backend="hooks"),
-        "collect_sdpa": lambda: run_collect(attention="sdpa"),
         "bridge_stop": bridge_stop,
         "hf_stop_count": lambda: hf_counting(hf_batches, True, torch.inference_mode),
         "run_with_cache": run_with_cache,
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "collect_vs_bridge_logits": ratio("collect", "bridge_logits"),
         "collect_nosums_vs_hf_body": ratio("collect_nosums", "hf_body"),
         "collect_hooks_vs_hf_body": ratio("collect_hooks", "hf_body"),
-        "collect_sdpa_vs_hf_body": ratio("collect_sdpa", "hf_body"),
+        "collect_eager_vs_hf_body": ratio("collect_eager", "hf_body"),
         "bridge_stop_vs_hf_body": ratio("bridge_stop", "hf_body"),
         "hf_stop_count_vs_hf_body": ratio("hf_stop_count", "hf_body"),
         "collect_vs_run_with_cache": ratio("collect", "run_with_cache"),

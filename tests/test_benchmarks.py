@@ -115,17 +115,19 @@ def test_throughput_smoke(tiny_hf_dir, tmp_path):
         "bridge_logits",
         "collect",
         "collect_nosums",
+        "collect_eager",
         "collect_hooks",
-        "collect_sdpa",
         "bridge_stop",
         "hf_stop_count",
         "run_with_cache",
         "hf_hook_batch1",
     }
-    # every hand-written counter and both backends reproduce collect's counts exactly on the same rows
-    for name in ("collect_nosums", "collect_hooks", "hf_stop_count", "run_with_cache", "hf_hook_batch1"):
+    # every hand-written counter and both backends reproduce collect's counts on the same rows (the tiny
+    # model's activations are far from zero, so sdpa and eager attention give the same signs here)
+    for name in ("collect_nosums", "collect_eager", "collect_hooks", "hf_stop_count", "run_with_cache",
+                 "hf_hook_batch1"):
         assert out["methods"][name]["counts_vs_collect"]["max_abs_diff"] == 0, name
-    assert out["collect_backends"] == {"auto": "native", "hooks": "hooks", "auto+sdpa": "native"}
+    assert out["collect_backends"] == {"auto": "native+sdpa", "auto+eager": "native+eager", "hooks": "hooks+eager"}
     m = out["methods"]["collect"]
     assert m["tokens_per_s"] == pytest.approx(64 / m["median_s"])
     assert out["ratios"]["collect_vs_hf_body"] == pytest.approx(

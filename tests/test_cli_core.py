@@ -110,7 +110,7 @@ def test_failing_run_keeps_previous_output(tiny_hf_dir, corpus_files, tmp_path, 
         ('seq_len = 64\n', "has no 'out'; give --out"),
         ('out = "o"\nseq_len = 0\n', "--seq-len must be at least 2, got 0"),
         ('out = "o"\nbackend = "fast"\n', "--backend must be one of auto, hooks, native, got 'fast'"),
-        ('out = "o"\nbackend = "hooks"\nattention = "sdpa"\n', "--attention needs the native backend"),
+        ('out = "o"\nbackend = "hooks"\nattention = "sdpa"\n', "--attention sdpa needs the native backend"),
     ],
 )
 def test_config_file_errors_are_one_line(tmp_path, capsys, content, message):

@@ -67,7 +67,7 @@ CASES = [
      "argument --seq-len: must be a positive whole number, got 0; see tl-culture collect --help"),
     ("seq-len 1", lambda f, m: collect_args(f, m, "--seq-len", "1"), "seq_len must be at least 2, got 1"),
     ("attention without native", lambda f, m: collect_args(f, m, "--backend", "hooks", "--attention", "sdpa"),
-     "--attention needs the native backend; drop it or use --backend native"),
+     "--attention sdpa needs the native backend; drop it or use --backend native"),
     ("batch-size text", lambda f, m: collect_args(f, m, "--batch-size", "eight"),
      "argument --batch-size: 'eight' is not a whole number; see tl-culture collect --help"),
     ("negative max-tokens", lambda f, m: collect_args(f, m, "--max-tokens", "-5"),

@@ -36,17 +36,21 @@ def hand_counts(model, rows) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("pack", [True, False])
 def test_native_equals_hooks_and_hand_counts(tiny_hf_model, pack):
-    """Packed rows and right-padded rows (attention mask): native == hooks == run_with_cache counts."""
+    """Packed rows and right-padded rows (attention mask): native with the bridge's eager attention
+    == hooks == run_with_cache counts, bit for bit; the default (sdpa) within rounding."""
     from tl_culture.corpus import as_corpora, encode
 
     kw = dict(seq_len=10, batch_size=2, pack=pack, progress=False)
-    native = collect(tiny_hf_model, TEXTS, backend="native", **kw)
+    native = collect(tiny_hf_model, TEXTS, backend="native", attention="eager", **kw)
     hooks = collect(tiny_hf_model, TEXTS, backend="hooks", **kw)
     auto = collect(tiny_hf_model, TEXTS, **kw)
     assert native.meta["backend"] == "native" and auto.meta["backend"] == "native"
-    assert hooks.meta["backend"] == "hooks" and native.meta["attention"] == "eager"
-    assert torch.equal(native.counts, hooks.counts) and torch.equal(auto.counts, hooks.counts)
+    assert native.meta["attention"] == hooks.meta["attention"] == "eager" and auto.meta["attention"] == "sdpa"
+    assert hooks.meta["backend"] == "hooks"
+    assert torch.equal(native.counts, hooks.counts)
     torch.testing.assert_close(native.sums, hooks.sums, rtol=1e-12, atol=1e-12)
+    assert (auto.counts - hooks.counts).abs().sum() <= 1e-3 * hooks.counts.sum()
+    torch.testing.assert_close(auto.sums, hooks.sums, rtol=1e-4, atol=1e-5)
     for k, corpus in enumerate(as_corpora(TEXTS).values()):
         rows = encode(corpus, tiny_hf_model.tokenizer, 10, pack=pack)
         if not pack:
@@ -70,6 +74,7 @@ def test_wrappers_restored_after_collect_and_after_errors(tiny_hf_model):
     before, logits = modules_of(tiny_hf_model), tiny_hf_model(ids)
     collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, backend="native")
     assert modules_of(tiny_hf_model) == before
+    assert tiny_hf_model.original_model.config._attn_implementation == "eager"  # sdpa switched back
 
     nf = NativeForward(tiny_hf_model, MLPHooks.from_model(tiny_hf_model))
 
@@ -121,18 +126,40 @@ def test_probe_refuses_a_bridge_that_computes_differently(tiny_hf_model):
     assert collect(tiny_hf_model, TEXTS, seq_len=10, progress=False).meta["backend"] == "native"
 
 
-def test_sdpa_attention(tiny_hf_model):
+def test_attention_choices(tiny_hf_model, monkeypatch):
     cfg = tiny_hf_model.original_model.config
     assert cfg._attn_implementation == "eager"
-    eager = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False)
+    eager = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, attention="eager")
     sdpa = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, attention="sdpa")
     assert sdpa.meta["backend"] == "native" and sdpa.meta["attention"] == "sdpa"
+    assert eager.meta["backend"] == "native" and eager.meta["attention"] == "eager"
     assert cfg._attn_implementation == "eager"  # switched back for the bridge
     # another attention kernel: counts may differ only for activations within rounding of zero
     assert (sdpa.counts - eager.counts).abs().sum() <= 1e-3 * eager.counts.sum()
     torch.testing.assert_close(sdpa.sums, eager.sums, rtol=1e-4, atol=1e-5)
     with pytest.raises(TLCultureError, match="attention='sdpa' needs the native backend"):
         collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, attention="sdpa", backend="hooks")
+    assert collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, attention="eager", backend="hooks").meta[
+        "backend"] == "hooks"
+
+    # an attention that breaks the model: the default falls back to the bridge's own, a request refuses
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    real = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def broken(*args, **kwargs):
+        out, weights = real(*args, **kwargs)
+        return out * 100.0, weights
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", broken)
+    with torch.no_grad():
+        tiny_hf_model.blocks[0].mlp.gate.original_component.weight.mul_(1.0)  # a new model state: probe again
+    fallback = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False)
+    assert fallback.meta["backend"] == "native" and fallback.meta["attention"] == "eager"
+    assert "sdpa attention not used: layer" in fallback.meta["backend_note"]
+    assert torch.equal(fallback.counts, eager.counts)
+    with pytest.raises(TLCultureError, match="attention='sdpa' cannot run on this model: layer"):
+        collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, attention="sdpa")
     with pytest.raises(TLCultureError, match="unknown backend 'fast'"):
         collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, backend="fast")
 
@@ -166,7 +193,7 @@ def test_check_runs_once_per_model_state(tiny_hf_model, monkeypatch):
     for _ in range(2):
         assert collect(tiny_hf_model, TEXTS, seq_len=10, progress=False).meta["backend"] == "native"
     assert len(calls) == 1
-    collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, attention="sdpa")  # another attention: checked
+    collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, attention="eager")  # another attention: checked
     assert len(calls) == 2
     with torch.no_grad():
         weight.mul_(1.0)
@@ -175,11 +202,15 @@ def test_check_runs_once_per_model_state(tiny_hf_model, monkeypatch):
 
 
 def test_checkpoint_refuses_another_attention(tiny_hf_model, tmp_path):
-    collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=tmp_path)
-    with pytest.raises(TLCultureError, match="attention=None, this run has attention='sdpa'"):
-        collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=tmp_path, attention="sdpa")
-    # the backend itself is no setting: native and hooks give the same counts, so they may resume each other
-    done = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=tmp_path, backend="hooks")
+    collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=tmp_path)  # sdpa
+    with pytest.raises(TLCultureError, match="attention='sdpa', this run has attention='eager'"):
+        collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=tmp_path, attention="eager")
+    with pytest.raises(TLCultureError, match="attention='sdpa', this run has attention='eager'"):
+        collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=tmp_path, backend="hooks")
+    # the backend itself is no setting: native and hooks with the same attention give the same counts
+    eager = tmp_path / "eager"
+    collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=eager, attention="eager")
+    done = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=eager, backend="hooks")
     assert isinstance(done, ActivationStats)
 
 

@@ -112,8 +112,8 @@ class ExperimentConfig:
             raise TLCultureError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.attention is not None and self.attention not in ATTENTIONS:
             raise TLCultureError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
-        if self.attention is not None and self.backend == "hooks":
-            raise TLCultureError("--attention needs the native backend; drop it or use --backend native")
+        if self.attention == "sdpa" and self.backend == "hooks":
+            raise TLCultureError("--attention sdpa needs the native backend; drop it or use --backend native")
         if self.eval_mode not in ("matched", "all"):
             raise TLCultureError(f"--eval-mode must be matched or all, got {self.eval_mode!r}")
         if self.max_documents is not None and self.max_documents < 1:

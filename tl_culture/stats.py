@@ -557,13 +557,15 @@ def collect(
         backend: ``"hooks"`` counts through TransformerLens hooks on ``hook_pre`` (composes with
             any hooks attached to the model, e.g. an ablation during counting); ``"native"``
             runs a TL 4.x bridge's HF modules with the bridge wrappers taken out
-            (`tl_culture.native`; ~10 % faster, bit-identical counts, checked on a probe input
-            first); ``"auto"`` (default) uses native when the model is a bridge with no
-            TransformerLens hooks attached and the probe agrees, else hooks.
-        attention: None (default) runs the attention implementation the model runs (eager on a
-            bridge); ``"sdpa"`` runs the native backend with PyTorch's fused attention: faster,
-            and far less memory at long sequences on GPUs, but counts of activations within
-            float rounding of zero may differ from the hook path (36 of 24.5M on Gemma 3 270M).
+            (`tl_culture.native`, checked against the hook path on a probe input first);
+            ``"auto"`` (default) uses native when the model is a bridge with no TransformerLens
+            hooks attached and the probe agrees, else hooks.
+        attention: attention implementation of the native backend. None (default): PyTorch's
+            fused ``"sdpa"`` when the model supports it, else the bridge's own; ``"sdpa"``:
+            require it; ``"eager"``: the bridge's eager attention, so counts are bit-identical
+            to the hook path (sdpa changes the sign of activations within float rounding of
+            zero: 36 of 24.5M decisions on Gemma 3 270M). The hook path always runs the
+            bridge's attention. ``meta["attention"]`` records what ran.
 
     Returns:
         `ActivationStats` with one row per group, in the order of ``corpora``.
@@ -582,7 +584,7 @@ def collect(
         raise TLCultureError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if attention is not None and attention not in ATTENTIONS:
         raise TLCultureError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTIONS)}")
-    if attention is not None and backend == "hooks":
+    if attention == "sdpa" and backend == "hooks":
         raise TLCultureError(f"attention={attention!r} needs the native backend; drop it or use backend='native'")
     mlp = MLPHooks.from_model(model)
     named = as_corpora(corpora)
@@ -597,6 +599,11 @@ def collect(
     G, L, N = len(named), mlp.n_layers, mlp.d_mlp
     meta = collect_meta(model, mlp, named, seq_len=seq_len, pack=pack, max_tokens=max_tokens)
     meta.update(batch_size=batch_size, world_size=world)
+    native, meta["backend"], meta["attention"], note = _choose_backend(
+        model, mlp, backend, attention, _probe(next(iter(first.values())), dev)
+    )
+    if note:
+        meta["backend_note"] = note
 
     ckpt = None
     state, complete = _Progress.zeros(G, L, N, with_sums), False
@@ -616,7 +623,7 @@ def collect(
             "max_tokens": max_tokens,
             "batch_size": batch_size,
             "with_sums": with_sums,
-            "attention": attention,
+            "attention": meta["attention"],  # the one that runs: another one rounds differently
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "rows": {g: rows_fingerprint(r) for g, r in first.items()},
         }
@@ -628,13 +635,6 @@ def collect(
             raise TLCultureError(problem)
         state, complete = ckpt.load(G, L, N, with_sums)
 
-    native = None
-    if not complete:
-        native, meta["backend"], meta["attention"], note = _choose_backend(
-            model, mlp, backend, attention, _probe(next(iter(first.values())), dev)
-        )
-        if note:
-            meta["backend_note"] = note
     t0 = time.perf_counter()
     for gi, (group, stream) in enumerate(streams.items()):
         if complete or state.finished[gi]:
@@ -701,21 +701,30 @@ def _probe(rows: TokenRows, device: torch.device, max_len: int = 32) -> Int[torc
 def _choose_backend(
     model: Any, mlp: MLPHooks, backend: str, attention: str | None, probe: torch.Tensor
 ) -> tuple[NativeForward | None, str, str | None, str | None]:
-    """``(native forward or None, backend name, attention implementation, why not native)`` for `collect`.
+    """``(native forward or None, backend name, attention implementation, note)`` for `collect`.
 
-    ``auto`` falls back to the hooks quietly (the reason goes into the statistics' meta): on
-    LayerNorm models (GPT-2, TL-native dense models) the bridge's forward differs from the HF
-    modules' in the last float bit, so the probe refuses the native forward by design.
+    Tries, in order: native with ``attention`` (default sdpa), native with the bridge's own
+    attention (when sdpa was only the default), the hooks (``auto`` only). Falling back is quiet;
+    the reason goes into the statistics' meta as the note. On LayerNorm models (GPT-2, TL-native
+    dense models) the bridge's forward differs from the HF modules' in the last float bit, so the
+    probe refuses the native forward by design.
     """
     if backend == "hooks":
         return None, "hooks", _attn_implementation(model), None
     problem = native_problem(model, mlp)
-    native = None
+    native, note = None, None
     if problem is None:
-        native = NativeForward(model, mlp, attention=attention)
+        native = NativeForward(model, mlp, attention=attention or "sdpa")
         problem = native.verify(probe)
+        if problem is None and native.attention_problem is not None:
+            if attention is not None:
+                raise TLCultureError(
+                    f"attention={attention!r} cannot run on this model: {native.attention_problem}; drop --attention"
+                )
+            note = f"sdpa attention not used: {native.attention_problem}"
+            native.attention = None
     if problem is None:
-        return native, "native", native.attn_implementation, None
+        return native, "native", native.attn_implementation, note
     if backend == "native" or attention is not None:
         fix = "use backend='hooks'" + (f" without attention={attention!r}" if attention is not None else "")
         raise TLCultureError(f"the native backend cannot run: {problem}; {fix}")

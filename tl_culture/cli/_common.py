@@ -93,6 +93,6 @@ def add_collect_args(p: argparse.ArgumentParser, seq_len: int = 512) -> None:
                    help="hooks: TransformerLens hooks; native: the bridge's HF modules without its wrappers "
                    "(faster, same counts); auto (default): native when no TL hooks are attached and it checks out")
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
-                   help="attention of the native backend: sdpa is faster but may change a few counts "
-                   "within float rounding (default: the model's own, eager on a bridge)")
+                   help="attention of the native backend (default: sdpa where the model supports it); "
+                   "eager makes counts bit-identical to the hooks backend")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -39,8 +39,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     if args.seq_len < 2:  # before loading anything
         raise TLCultureError(f"seq_len must be at least 2, got {args.seq_len}")
-    if args.attention is not None and args.backend == "hooks":
-        raise TLCultureError("--attention needs the native backend; drop it or use --backend native")
+    if args.attention == "sdpa" and args.backend == "hooks":
+        raise TLCultureError("--attention sdpa needs the native backend; drop it or use --backend native")
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
