@@ -3,7 +3,7 @@
 TransformerLens 4.x `TransformerBridge` wraps every module of the HuggingFace model in a bridge
 component that runs hook points around the original module (and, for RMSNorm, recomputes the
 norm for its hooks). With no hooks attached that work changes nothing, but it costs: on Gemma 3
-270M (CPU) the bridge's body forward is ~12 % slower than the same HF modules alone
+270M (CPU) the bridge's body forward is ~10 % slower than the same HF modules alone
 (benchmarks/README.md). `collect` only needs one tensor per layer, so when nothing else is
 hooked it can skip the wrappers:
 
