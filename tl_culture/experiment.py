@@ -124,6 +124,17 @@ class ExperimentConfig:
         if unknown:
             raise TLCultureError(f"--pair names unknown cultures {unknown}; cultures are {list(self.cultures)}")
 
+    def collect_kwargs(self) -> dict[str, Any]:
+        """The `collect` settings of this experiment."""
+        return dict(
+            seq_len=self.seq_len,
+            batch_size=self.batch_size,
+            max_tokens=self.max_tokens,
+            progress=self.progress,
+            backend=self.backend,
+            attention=self.attention,
+        )
+
     def load_corpora(self) -> tuple[dict[str, Corpus], dict[str, Corpus]]:
         """(languages, cultures) as named corpora."""
         if not self.languages:
@@ -235,14 +246,7 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
             model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         lang_sel, lang_held = split_all(languages, cfg.eval_fraction, cfg.seed)
         cult_sel, cult_held = split_all(cultures, cfg.eval_fraction, cfg.seed)
-        kw = dict(
-            seq_len=cfg.seq_len,
-            batch_size=cfg.batch_size,
-            max_tokens=cfg.max_tokens,
-            progress=cfg.progress,
-            backend=cfg.backend,
-            attention=cfg.attention,
-        )
+        kw = cfg.collect_kwargs()
         stats_l = collect(model, lang_sel, **kw)
         stats_c = collect(model, cult_sel, **kw)
         stats_l.save(tmp / "stats_language.safetensors")
@@ -339,16 +343,12 @@ def _stability_stage(
     from tl_culture.evaluate import split_half_stability
 
     kw = dict(
+        cfg.collect_kwargs(),
         seed=cfg.seed,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size,
         max_tokens=None if cfg.max_tokens is None else max(1, cfg.max_tokens // 2),
         top_rate=cfg.top_rate,
         filter_rate=cfg.filter_rate,
         activation_bar_ratio=cfg.activation_bar_ratio,
-        progress=cfg.progress,
-        backend=cfg.backend,
-        attention=cfg.attention,
     )
     out = {
         "language": split_half_stability(model, lang_sel, **kw),
