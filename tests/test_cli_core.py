@@ -66,6 +66,7 @@ def test_run_writes_the_run_folder(tiny_hf_dir, corpus_files, tmp_path):
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pairs"] == {"english": "en", "de": "de", "ru": "ru"}
+    assert summary["counted_with"] == {"backend": "native", "attention": "sdpa", "dtype": "float32"}
     for name in ("language", "culture", "compound", "pure", "generic"):
         assert NeuronSet.load(out / "neurons" / f"{name}.safetensors").meta["category"] == name
     cats = {

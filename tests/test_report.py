@@ -106,6 +106,7 @@ def test_report_shows_the_run_numbers(report, run_dir):
     assert cells == [lang.count("de"), cats["culture"].count("de"), cats["compound"].count("de"),
                      cats["pure"].count("de")]
     assert f"{summary['tokens_culture']['de']:,}" in text
+    assert "statistics counted with backend native, attention sdpa, dtype float32" in text
     # Δ NLL: every cell of every matrix, formatted, and the diagonal marked
     from tl_culture.evaluate import NLLMatrix
 

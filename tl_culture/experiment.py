@@ -269,6 +269,7 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None) -> ExperimentResult
         summary = {
             "config": asdict(cfg),
             "model": stats_l.meta.get("model"),
+            "counted_with": {k: stats_l.meta.get(k) for k in ("backend", "attention", "dtype")},
             "n_layers": stats_l.n_layers,
             "d_mlp": stats_l.d_mlp,
             "tokens_language": dict(zip(stats_l.groups, stats_l.tokens.tolist())),

@@ -355,6 +355,9 @@ def write_report(
     kv += [["languages", _fmt_config(cfg.get("languages")) if cfg.get("languages") else "demo corpus"],
            ["cultures", _fmt_config(cfg.get("cultures")) if cfg.get("cultures") else "demo corpus"],
            ["culture → language", _fmt_config(pairs)]]
+    counted = summary.get("counted_with") or {}
+    if counted.get("backend"):
+        kv.append(["statistics counted with", _e(", ".join(f"{k} {v}" for k, v in counted.items() if v))])
     if "seconds" in summary:
         kv.append(["run time", f"{summary['seconds']} s"])
     groups = list(dict.fromkeys([*tok_l, *tok_c]))
