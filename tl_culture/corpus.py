@@ -342,6 +342,7 @@ class RowStream:
         self.block_rows, self.pack, self.max_tokens = block_rows, pack, max_tokens
         self.separator, self.chunk_documents = separator, chunk_documents
         self._chars = 0
+        self._total_chars: int | None = None
         bos = getattr(tokenizer, "bos_token_id", None) if add_bos and corpus.rows is None else None
         self.prefix = [int(bos)] if bos is not None else []
         self.width = seq_len - len(self.prefix)  # corpus tokens per row
@@ -357,7 +358,9 @@ class RowStream:
         if self.corpus.rows is not None:
             n = int(self.corpus.rows[:, : self.seq_len].numel())
         elif seen_chars and seen_tokens:
-            n = round(seen_tokens / seen_chars * sum(len(d) for d in self.corpus.documents))
+            if self._total_chars is None:  # once: a corpus may hold millions of documents
+                self._total_chars = sum(len(d) for d in self.corpus.documents)
+            n = round(seen_tokens / seen_chars * self._total_chars)
         else:
             return self.max_tokens
         return min(n, self.max_tokens) if self.max_tokens is not None else n
