@@ -111,6 +111,26 @@ def test_shared_prefix_with_padding_on_hf_model(tiny_hf_model):
     torch.testing.assert_close(fast.baseline, slow.baseline, rtol=0, atol=0)
 
 
+def test_baseline_cache_reuses_only_the_same_text_and_settings(models, neurons, monkeypatch):
+    from tl_culture import evaluate as ev_mod
+
+    calls, run = [], ev_mod.token_nlls
+
+    def recording(model, corpora, ints, **kw):
+        calls.append(ints[0] is None)  # does this call score the baseline?
+        return run(model, corpora, ints, **kw)
+
+    monkeypatch.setattr(ev_mod, "token_nlls", recording)
+    kw = dict(seq_len=12, batch_size=2, max_tokens=None, controls=0, bootstrap=0, progress=False)
+    cache: dict = {}
+    first = delta_nll(models["gated"], evals(), neurons, baseline_cache=cache, **kw)
+    again = delta_nll(models["gated"], evals(), neurons, baseline_cache=cache, **kw)
+    other = delta_nll(models["gated"], evals(), neurons, baseline_cache=cache, **{**kw, "max_tokens": 20})
+    assert calls == [True, False, True]  # the baseline ran with the first call and with other settings
+    assert torch.equal(first.baseline, again.baseline) and torch.equal(first.delta, again.delta)
+    assert not torch.equal(first.tokens, other.tokens)
+
+
 def test_shared_prefix_falls_back_when_not_exact(models, neurons, monkeypatch):
     model = models["gated"]
     real = _Runner.resume
@@ -367,6 +387,10 @@ def test_evaluate_categories_modes_and_summary(models, neurons):
     every = evaluate_categories(models["dense"], cats, held, pairs, mode="all", **kw)
     assert every["culture"].evals == list(held) and every["culture"].meta["eval_mode"] == "all"
     torch.testing.assert_close(every["culture"].delta[:, 2:], matched["culture"].delta)
+    # one baseline per set of eval corpora: the second category on the same text reuses it
+    assert [every[c].meta["baseline_reused"] for c in cats] == [False, True]
+    alone = delta_nll(models["dense"], held, neurons, **kw)
+    assert torch.equal(every["culture"].baseline, alone.baseline) and torch.equal(every["culture"].delta, alone.delta)
     s = summarize(every["language"], pairs)
     d = every["language"].delta
     own = torch.tensor([[True, False, True, False], [False, True, False, True]])

@@ -527,6 +527,7 @@ def delta_nll(
     allow_overlap: bool = False,
     shared_prefix: bool = True,
     progress: bool = True,
+    baseline_cache: dict[Any, list[torch.Tensor]] | None = None,
 ) -> NLLMatrix:
     """Δ NLL of ablating each group's neurons, on every eval corpus, with controls.
 
@@ -546,6 +547,11 @@ def delta_nll(
         allow_overlap: skip the held-out check.
         shared_prefix: compute the layers below the lowest intervened layer once per batch.
         progress: show a tqdm bar.
+        baseline_cache: a dict shared between calls on the same model: the baseline per-token
+            NLLs of eval corpora already scored with the same settings (keyed by their
+            fingerprints, seq_len, batch_size and max_tokens) are reused instead of recomputed.
+            Valid while the model's weights and hooks stay the same (`evaluate_categories` uses
+            one per call).
 
     Returns:
         An `NLLMatrix` (rows = groups, columns = eval corpora).
@@ -562,11 +568,19 @@ def delta_nll(
     named = as_corpora(eval_corpora)
     if not allow_overlap:
         check_heldout(named, neurons, selection)
-    ints: list[Intervention | None] = [None] + [ablate(neurons, g) for g in groups]
+    ints: list[Intervention | None] = [ablate(neurons, g) for g in groups]
     for s in range(controls):
         ints += [random_like(neurons, g, seed=_control_seed(seed, s, gi)) for gi, g in enumerate(groups)]
-    nll, info = token_nlls(model, named, ints, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens,
-                           shared_prefix=shared_prefix, progress=progress)
+    key = (tuple((n, c.fingerprint) for n, c in named.items()), seq_len, batch_size, max_tokens)
+    cached = baseline_cache.get(key) if baseline_cache is not None else None
+    nll, info = token_nlls(model, named, ints if cached is not None else [None, *ints], seq_len=seq_len,
+                           batch_size=batch_size, max_tokens=max_tokens, shared_prefix=shared_prefix,
+                           progress=progress)
+    if cached is not None:
+        nll = [cached, *nll]
+    elif baseline_cache is not None:
+        baseline_cache[key] = nll[0]
+    info["baseline_reused"] = cached is not None
     G, E = len(groups), len(named)
     base = torch.tensor([float(x.mean()) if len(x) else math.nan for x in nll[0]], dtype=torch.float64)
     ablated = torch.tensor([[float(x.mean()) if len(x) else math.nan for x in nll[1 + gi]] for gi in range(G)],
@@ -648,13 +662,13 @@ def evaluate_categories(
     cultures = list(pairs)
     lang_cols = {f"lang:{pairs[c]}": heldout[f"lang:{pairs[c]}"] for c in cultures}
     cult_cols = {f"cult:{c}": heldout[f"cult:{c}"] for c in cultures}
-    out = {}
+    out, baselines = {}, {}  # one baseline per set of eval corpora, shared by the categories
     for name, ns in categories.items():
         if mode == "all":
             cols = dict(heldout)
         else:
             cols = lang_cols if name == "language" else cult_cols
-        out[name] = delta_nll(model, cols, ns, progress=progress, **kwargs)
+        out[name] = delta_nll(model, cols, ns, progress=progress, baseline_cache=baselines, **kwargs)
         out[name].meta["eval_mode"] = mode
     return out
 
