@@ -45,15 +45,19 @@ from tl_culture.models import MLPHooks, model_device, parse_dtype  # noqa: E402
 
 TARGETS = {"collect_vs_hf_body": 0.95, "collect_vs_bridge_logits": 2.0}
 LOGIT_METHODS = ("bridge_logits", "run_with_cache", "hf_hook_batch1")
-BACKENDS_USED: dict[str, str] = {}  # collect's backend argument -> the backend it ran (meta["backend"])
 
 
 class _Stop(Exception):
     """Stops a forward after the last MLP hook."""
 
 
-def make_methods(model: Any, hf: Any, rows: torch.Tensor, batch_size: int) -> dict[str, Any]:
-    """The benchmarked callables; each returns ``int64[layer, neuron]`` counts or None."""
+def make_methods(
+    model: Any, hf: Any, rows: torch.Tensor, batch_size: int, backends: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The benchmarked callables; each returns ``int64[layer, neuron]`` counts or None.
+
+    ``backends`` receives, per `collect` variant, the backend and attention it ran (from its meta).
+    """
     mlp = MLPHooks.from_model(model)
     dev = model_device(model)
     hf_dev = next(hf.parameters()).device
@@ -62,7 +66,7 @@ def make_methods(model: Any, hf: Any, rows: torch.Tensor, batch_size: int) -> di
     hf_batches = [b.to(hf_dev) for b in batches]
     pre_names = [mlp.pre(layer) for layer in range(mlp.n_layers)]
     last = mlp.n_layers - 1
-    backends: dict[str, str] = BACKENDS_USED
+    backends = {} if backends is None else backends
 
     def hf_body() -> None:
         with torch.inference_mode():
@@ -173,7 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     hf = C.load_plain_hf(args.model, dtype, dev)
     rows = C.bench_rows(model, args.tokens, args.seq_len)
     n_tokens = int(rows.numel())
-    methods = make_methods(model, hf, rows, args.batch_size)
+    backends: dict[str, str] = {}
+    methods = make_methods(model, hf, rows, args.batch_size, backends)
     if args.methods:
         keep = args.methods.split(",")
         unknown = [m for m in keep if m not in methods]
@@ -272,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in TARGETS.items()
         },
         "breakdown_s": breakdown,
-        "collect_backends": dict(BACKENDS_USED),
+        "collect_backends": backends,
     }
     if args.profile:
         names = ("hf_body", "bridge_stop", "collect", "collect_hooks")

@@ -160,10 +160,9 @@ class NativeForward:
         mlp: its `MLPHooks`.
         attention: None to run the bridge's own attention implementation (bit-identical to the
             hook path), or an HF implementation name such as ``"sdpa"``.
-        use_act_module: give callbacks the model's own act_fn output (saves recomputing it).
     """
 
-    def __init__(self, model: Any, mlp: MLPHooks, attention: str | None = None, use_act_module: bool = True) -> None:
+    def __init__(self, model: Any, mlp: MLPHooks, attention: str | None = None) -> None:
         problem = native_problem(model, mlp)
         if problem is not None:
             raise TLCultureError(f"the native backend cannot run: {problem}; use backend='hooks'")
@@ -179,8 +178,9 @@ class NativeForward:
             attention = None
         self.attention = None if attention is None or own == [attention] * len(own) else attention
         self.gates = _gate_modules(model, mlp)
-        acts = [_act_module(model, layer) for layer in range(mlp.n_layers)] if use_act_module else []
-        self.acts: list[torch.nn.Module] | None = acts if acts and all(a is not None for a in acts) else None
+        acts = [_act_module(model, layer) for layer in range(mlp.n_layers)]
+        #: each layer's activation module (its output is act_fn(hook_pre)), or None if any is missing
+        self.acts: list[torch.nn.Module] | None = acts if all(a is not None for a in acts) else None
         self._active = False
 
     @property
