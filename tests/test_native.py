@@ -228,3 +228,31 @@ def test_a_swapped_hook_is_checked_again(tiny_hf_model):
         assert stats.meta["backend"] == "hooks" and "layer 0: hook_pre differs" in stats.meta["backend_note"]
     finally:
         harmful.remove()
+
+
+def test_error_messages(tiny_hf_model, gated_model):
+    with pytest.raises(TLCultureError, match="unknown attention 'flash'; use one of eager, sdpa"):
+        collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, attention="flash")
+    g = torch.Generator().manual_seed(0)
+    rows = {"a": torch.randint(0, 64, (2, 8), generator=g)}
+    # the TL-native gated model counts natively with its own attention, but has none to switch
+    assert collect(gated_model, rows, seq_len=8, progress=False).meta["backend"] == "native"
+    with pytest.raises(TLCultureError, match="attention='sdpa' cannot run on this model: the model names no HF "
+                                             "attention implementation to switch; drop --attention"):
+        collect(gated_model, rows, seq_len=8, progress=False, attention="sdpa")
+    nf = NativeForward(tiny_hf_model, MLPHooks.from_model(tiny_hf_model))
+    with pytest.raises(TLCultureError, match=r"call NativeForward inside its hooked\(...\) context"):
+        nf(torch.tensor([[1, 5, 9]]))
+    with nf.hooked(lambda layer, pre, act: None):
+        with pytest.raises(TLCultureError, match="NativeForward.hooked is already active; it does not nest"):
+            with nf.hooked(lambda layer, pre, act: None):
+                pass
+
+
+def test_counter_refuses_positions_outside_run_batch(tiny_hf_model):
+    from tl_culture.stats import Counter
+
+    mlp = MLPHooks.from_model(tiny_hf_model)
+    counter = Counter(tiny_hf_model, mlp, torch.device("cpu"))
+    with pytest.raises(TLCultureError, match="blocks.0.mlp.hook_pre: got 3 positions outside Counter.run_batch"):
+        counter.add(0, torch.zeros(1, 3, mlp.d_mlp))
