@@ -67,7 +67,7 @@ def machine_info() -> dict[str, Any]:
 def hf_source(spec: str) -> str:
     """The HF folder or hub name behind a `tl_culture.load_model` spec."""
     if spec == "default":
-        from tl_culture.models import default_model_dir
+        from tl_culture.model.load import default_model_dir
 
         return str(default_model_dir())
     return spec
@@ -113,7 +113,7 @@ def bench_texts(languages: Sequence[str] = LANGUAGES) -> list[str]:
         if path.is_file():
             docs += [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
     if not docs:
-        from tl_culture.corpus import demo_corpora
+        from tl_culture.data.corpus import demo_corpora
 
         langs, _ = demo_corpora()
         docs = [d for c in langs.values() for d in c.documents]
@@ -126,7 +126,7 @@ def bench_rows(model: Any, tokens: int, seq_len: int) -> Int[torch.Tensor, "row 
     Multilingual FLORES text, tokenized and packed by `tl_culture.corpus.encode`; repeated when the
     text is shorter than ``tokens``. Every method of a benchmark runs on exactly these rows.
     """
-    from tl_culture.corpus import Corpus, encode
+    from tl_culture.data.corpus import Corpus, encode
 
     if tokens < 1 or seq_len < 2:
         raise TLCultureError(f"--tokens must be positive and --seq-len at least 2, got {tokens}, {seq_len}")

@@ -121,9 +121,9 @@ def run_model(spec: str, languages: dict, cultures: dict, args: argparse.Namespa
     }
     if args.eval:
         try:
-            from tl_culture.evaluate import delta_nll
+            from tl_culture.evaluation.delta import delta_nll
         except ImportError:
-            out["delta_nll"] = "tl_culture.evaluate is not available"
+            out["delta_nll"] = "tl_culture.evaluation.delta is not available"
         else:
             out["delta_nll"] = {}
             for what, ns, prefix in (("language", lang_ns, "lang"), ("culture", cult_ns, "cult")):

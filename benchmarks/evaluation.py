@@ -27,10 +27,10 @@ import _common as C  # noqa: E402
 import torch  # noqa: E402
 
 from tl_culture import load_model  # noqa: E402
-from tl_culture.corpus import Corpus  # noqa: E402
+from tl_culture.data.corpus import Corpus  # noqa: E402
 from tl_culture.errors import TLCultureError  # noqa: E402
-from tl_culture.models import MLPHooks  # noqa: E402
-from tl_culture.neurons import NeuronSet  # noqa: E402
+from tl_culture.model.load import MLPHooks  # noqa: E402
+from tl_culture.selection.neurons import NeuronSet  # noqa: E402
 
 
 def upper_layer_sets(n_layers: int, d_mlp: int, groups: int, neurons: int, start: int, seed: int) -> NeuronSet:
@@ -59,7 +59,7 @@ def eval_corpora(groups: int) -> dict[str, Corpus]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tl_culture.evaluate import delta_nll
+    from tl_culture.evaluation.delta import delta_nll
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     mlp = MLPHooks.from_model(model)

@@ -59,7 +59,7 @@ def run_method(
     """Run one method over ``rows`` (``collect_text``: over ``texts``, as many tokens); returns
     ``int64[layer, neuron]`` counts."""
     from tl_culture import collect
-    from tl_culture.models import MLPHooks, model_device
+    from tl_culture.model.load import MLPHooks, model_device
 
     if method in ("collect", "collect_text"):
         corpus = {"bench": rows if method == "collect" else texts}
@@ -92,7 +92,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import gc
 
     from tl_culture import load_model
-    from tl_culture.models import model_device
+    from tl_culture.model.load import model_device
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     rows = C.bench_rows(model, args.tokens, args.seq_len)
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if lo.get("peak_cuda_mib"):
             growth[method]["peak_cuda_ratio"] = hi["peak_cuda_mib"] / lo["peak_cuda_mib"]
-    from tl_culture.models import DEFAULT_MODEL_NAME
+    from tl_culture.model.load import DEFAULT_MODEL_NAME
 
     return {
         "benchmark": "memory",

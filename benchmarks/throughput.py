@@ -41,7 +41,7 @@ import _common as C  # noqa: E402
 import torch  # noqa: E402
 
 from tl_culture import collect, load_model  # noqa: E402
-from tl_culture.models import MLPHooks, model_device, parse_dtype  # noqa: E402
+from tl_culture.model.load import MLPHooks, model_device, parse_dtype  # noqa: E402
 
 TARGETS = {"collect_vs_hf_body": 0.95, "collect_vs_bridge_logits": 2.0}
 LOGIT_METHODS = ("bridge_logits", "run_with_cache", "hf_hook_batch1")

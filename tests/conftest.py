@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def tiny_config(gated: bool, n_layers: int = 3, d_mlp: int = 32, d_vocab: int = 64, seed: int = 0):

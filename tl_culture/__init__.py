@@ -5,19 +5,19 @@ The pipeline, one module per stage:
     corpus -> stats -> lape -> neurons -> interventions -> evaluate -> report
 """
 
-__version__ = "0.1.0"
-
-from tl_culture.corpus import Corpus, demo_corpora, load_corpus, load_murel  # noqa: E402
-from tl_culture.errors import TLCultureError  # noqa: E402
-from tl_culture.evaluate import NLLMatrix, delta_nll, split_half_stability  # noqa: E402
-from tl_culture.interventions import Intervention, ablate, combine, random_like, scale, set_to  # noqa: E402
-from tl_culture.lape import identify  # noqa: E402
-from tl_culture.models import MLPHooks, load_model  # noqa: E402
-from tl_culture.neurons import NeuronSet, culture_categories  # noqa: E402
-from tl_culture.stats import ActivationStats, collect  # noqa: E402
-from tl_culture.steer import SteerResult, generate  # noqa: E402
+from tl_culture._version import __version__
+from tl_culture.counting.collect import ActivationStats, collect
+from tl_culture.data.corpus import Corpus, demo_corpora, load_corpus, load_murel
+from tl_culture.errors import TLCultureError
+from tl_culture.evaluation.delta import NLLMatrix, delta_nll, split_half_stability
+from tl_culture.intervene.interventions import Intervention, ablate, combine, random_like, scale, set_to
+from tl_culture.intervene.steer import SteerResult, generate
+from tl_culture.model.load import MLPHooks, load_model
+from tl_culture.selection.lape import identify
+from tl_culture.selection.neurons import NeuronSet, culture_categories
 
 __all__ = [
+    "__version__",
     "ActivationStats",
     "Corpus",
     "Intervention",

@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tl_culture import __version__
+    from tl_culture._version import __version__
 
     parser = _Parser(prog="tl-culture", description="Find, edit and show language and culture neurons.")
     parser.add_argument("--version", action="version", version=f"tl-culture {__version__}")

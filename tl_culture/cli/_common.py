@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tl_culture.errors import TLCultureError
-from tl_culture.native import ATTENTIONS, BACKENDS
+from tl_culture.model.fastpath import ATTENTIONS, BACKENDS
 
 
 def name_eq_value(text: str, what: str = "NAME=PATH") -> tuple[str, str]:

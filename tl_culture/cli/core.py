@@ -35,7 +35,7 @@ def _check_writable(out: str) -> None:
 
 def _cmd_collect(args: argparse.Namespace) -> int:
     from tl_culture import collect, load_corpus, load_model
-    from tl_culture.distributed import close_distributed, init_distributed, resolve_device
+    from tl_culture.counting.distributed import close_distributed, init_distributed, resolve_device
 
     if args.seq_len < 2:  # before loading anything
         raise TLCultureError(f"seq_len must be at least 2, got {args.seq_len}")
@@ -106,7 +106,7 @@ _RUN_FIELDS = {
 
 def config_from_args(args: argparse.Namespace):
     """The `ExperimentConfig` of a parsed ``run`` command line (options over --config over defaults)."""
-    from tl_culture.experiment import ExperimentConfig
+    from tl_culture.experiment.run import ExperimentConfig
 
     given = {field: getattr(args, opt) for opt, field in _RUN_FIELDS.items() if getattr(args, opt) is not None}
     for opt, field in (("language", "languages"), ("culture", "cultures")):
@@ -121,7 +121,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tl_culture.experiment import run_experiment
+    from tl_culture.experiment.run import run_experiment
 
     res = run_experiment(config_from_args(args))
     print((Path(res.out) / "neurons.txt").read_text(encoding="utf-8"))

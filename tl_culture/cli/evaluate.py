@@ -17,7 +17,7 @@ from tl_culture.cli._common import (
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tl_culture import load_corpus, load_model
-    from tl_culture.evaluate import delta_nll
+    from tl_culture.evaluation.delta import delta_nll
 
     groups = group_list(args.groups)
     is_ref = is_reference(args.neurons)
@@ -38,9 +38,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_steer(args: argparse.Namespace) -> int:
     from tl_culture import load_model
-    from tl_culture.interventions import ablate, scale, set_to
-    from tl_culture.stats import ActivationStats
-    from tl_culture.steer import generate
+    from tl_culture.counting.collect import ActivationStats
+    from tl_culture.intervene.interventions import ablate, scale, set_to
+    from tl_culture.intervene.steer import generate
 
     if not is_reference(args.neurons):  # fail on a bad file or group before loading the model
         from tl_culture import NeuronSet

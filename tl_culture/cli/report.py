@@ -8,7 +8,7 @@ from tl_culture.cli._common import positive_int
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tl_culture.report import write_report
+    from tl_culture.report.write import write_report
 
     model = None
     if args.model:

@@ -1,0 +1,371 @@
+"""A bridge-free forward for counting: a TransformerBridge's own HF modules, without the wrappers.
+
+TransformerLens 4.x `TransformerBridge` wraps every module of the HuggingFace model in a bridge
+component that runs hook points around the original module (and, for RMSNorm, recomputes the
+norm for its hooks). With no hooks attached that work changes nothing, but it costs: on Gemma 3
+270M (CPU) the bridge's body forward is ~10 % slower than the same HF modules alone
+(benchmarks/README.md). `collect` only needs one tensor per layer, so when nothing else is
+hooked it can skip the wrappers:
+
+    for every bridge component C in model.original_model:  put C.original_component in C's place
+    hook  gate module of layer l  (the module whose output is blocks.{l}.mlp.hook_pre)
+    hook  activation module of layer l (its output is act_fn(hook_pre); used for the sums)
+    call  model.original_model(input_ids, attention_mask=...) as the bridge's driver does
+    restore every wrapper (also on errors and KeyboardInterrupt)
+
+Exactness: the same modules with the same weights, the same inputs and the same attention
+implementation as the bridge (eager, which the bridge forces) run the same kernels on the same
+tensors, so ``hook_pre`` and hence the counts are bit-identical to the TransformerLens hook path.
+`NativeForward.verify` checks this on a probe input before any counting (a wrapper that changes
+the computation, e.g. folded weights, fails it) and `collect` falls back to the hooks otherwise.
+
+``attention="sdpa"`` (what `collect` asks for by default) switches the HF config to PyTorch's
+fused attention while counting: faster, and far less memory at long sequences on GPUs, but the
+attention output then differs in the last float bits, so activations within rounding of zero may
+flip (Gemma 3 270M, CPU: 2.6e-7 of sign decisions in float32, 6.5e-4 in bfloat16). `verify`
+checks that the sdpa forward stays within 5 % of the eager one and reports in
+`NativeForward.attention_problem` when not.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Float
+
+from tl_culture.errors import TLCultureError
+from tl_culture.model.load import MLPHooks
+
+#: How `collect` can run the model: TransformerLens hooks, this module, or native when possible.
+BACKENDS = ("auto", "hooks", "native")
+#: Attention implementations the native forward can switch to (HF names).
+ATTENTIONS = ("eager", "sdpa")
+
+#: Names under which HF MLPs keep their activation module (Llama/Gemma/Qwen/Mistral: act_fn,
+#: GPT-2/GPT-NeoX: act, OPT/Phi: activation_fn).
+ACT_MODULE_NAMES = ("act_fn", "act", "activation_fn", "activation")
+
+#: ``callback(layer, pre, act)``: ``pre`` is ``[..., d_mlp]`` hook_pre in the model dtype; ``act`` is
+#: act_fn(pre) from the model's own activation module, or None when it has none to hook.
+LayerCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
+
+
+class _Stop(Exception):
+    """Raised after the last layer's MLP neurons are seen: the rest of the forward is skipped."""
+
+
+def _wrapper_class() -> type | None:
+    try:
+        from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+    except ImportError:  # TransformerLens 3.x: no bridge
+        return None
+    return GeneralizedComponent
+
+
+def _original(component: Any) -> torch.nn.Module | None:
+    return component._modules.get("_original_component") if isinstance(component, torch.nn.Module) else None
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+
+
+def native_problem(model: Any, mlp: MLPHooks) -> str | None:
+    """Why ``model`` cannot be counted bridge-free (None: it can, subject to `NativeForward.verify`)."""
+    wrapper = _wrapper_class()
+    root = getattr(model, "original_model", None) if wrapper is not None else None
+    if wrapper is None or not isinstance(root, torch.nn.Module) or not hasattr(model, "blocks"):
+        return f"{type(model).__name__} is not a TransformerLens 4.x TransformerBridge"
+    # TransformerLens hooks (hooks(), run_with_hooks, add_hook, add_perma_hook) live on hook points;
+    # the torch hooks the bridge adds to its own wrappers only capture inputs for those.
+    for name, point in model.hook_dict.items():
+        if _has_hooks(point):
+            return f"TransformerLens hooks are attached to the model ({name}); they run only on the hooks backend"
+    try:
+        _gate_modules(model, mlp)
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:
+        return f"the MLP neurons' HF modules cannot be found ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _gate_modules(model: Any, mlp: MLPHooks) -> list[torch.nn.Module]:
+    """The HF module whose output is ``blocks.{l}.mlp.hook_pre``, per layer."""
+    out = []
+    for layer in range(mlp.n_layers):
+        component = model.blocks[layer].mlp
+        path, _ = component.hook_aliases["hook_pre"].rsplit(".", 1)  # e.g. "gate.hook_out" -> "gate"
+        for part in path.split("."):
+            component = getattr(component, part)
+        original = _original(component)
+        if original is None:
+            raise TypeError(f"blocks.{layer}.mlp.{path} wraps no original module")
+        out.append(original)
+    return out
+
+
+def _act_module(model: Any, layer: int) -> torch.nn.Module | None:
+    hf_mlp = _original(model.blocks[layer].mlp)
+    for name in ACT_MODULE_NAMES:
+        child = hf_mlp._modules.get(name) if hf_mlp is not None else None
+        if isinstance(child, torch.nn.Module):
+            return child
+    return None
+
+
+def _configs(root: torch.nn.Module) -> list[Any]:
+    """Every distinct HF config in the model that names an attention implementation."""
+    seen: dict[int, Any] = {}
+    for module in root.modules():
+        cfg = getattr(module, "config", None)
+        for c in (cfg, getattr(cfg, "text_config", None)):
+            if c is not None and hasattr(c, "_attn_implementation"):
+                seen.setdefault(id(c), c)
+    return list(seen.values())
+
+
+#: model -> attention -> (state_signature at the check, its problem or None, whether the activation module matched)
+_CHECKED: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[int, str | None, bool]]] = weakref.WeakKeyDictionary()
+
+
+def state_signature(model: Any) -> int:
+    """A hash of what decides whether the native forward computes what the bridge computes.
+
+    Covers every module (identity, the ids of its forward hooks and pre-hooks, which are new for
+    every registration, an instance-patched ``forward``),
+    every parameter and buffer (storage, dtype, device and in-place version counter, so folding
+    or editing weights in place changes it) and ``model.cfg``. About a millisecond per call.
+    """
+    mods = tuple(
+        (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks), "forward" in m.__dict__) for m in model.modules()
+    )
+    tensors = tuple(
+        (t.data_ptr(), t._version, t.dtype, t.device.type, t.device.index)
+        for t in (*model.parameters(), *model.buffers())
+    )
+    return hash((mods, tensors, repr(getattr(model, "cfg", None))))
+
+
+class NativeForward:
+    """Runs a `TransformerBridge`'s HF model with the bridge wrappers taken out, hooking MLP neurons.
+
+    Use `native_problem` first; then `verify` on a probe input; then, inside `hooked`, call the
+    instance on each batch.
+
+    Args:
+        model: a TL 4.x `TransformerBridge` with no TransformerLens hooks attached.
+        mlp: its `MLPHooks`.
+        attention: None to run the bridge's own attention implementation (bit-identical to the
+            hook path), or an HF implementation name such as ``"sdpa"``.
+    """
+
+    def __init__(self, model: Any, mlp: MLPHooks, attention: str | None = None) -> None:
+        problem = native_problem(model, mlp)
+        if problem is not None:
+            raise TLCultureError(f"the native backend cannot run: {problem}; use backend='hooks'")
+        if attention is not None and attention not in ATTENTIONS:
+            raise TLCultureError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTIONS)}")
+        self.model, self.mlp = model, mlp
+        self.root: torch.nn.Module = model.original_model
+        own = [c._attn_implementation for c in _configs(self.root)]
+        #: why ``attention`` cannot run (`verify` fills it in); the bridge's own attention still can
+        self.attention_problem: str | None = None
+        if attention is not None and not own:
+            self.attention_problem = "the model names no HF attention implementation to switch"
+            attention = None
+        self.attention = None if attention is None or own == [attention] * len(own) else attention
+        self.gates = _gate_modules(model, mlp)
+        acts = [_act_module(model, layer) for layer in range(mlp.n_layers)]
+        #: each layer's activation module (its output is act_fn(hook_pre)), or None if any is missing
+        self.acts: list[torch.nn.Module] | None = acts if all(a is not None for a in acts) else None
+        self._active = False
+
+    @property
+    def attn_implementation(self) -> str | None:
+        """The attention implementation the native forward runs."""
+        configs = _configs(self.root)
+        return self.attention or (configs[0]._attn_implementation if configs else None)
+
+    @contextmanager
+    def _unbridged(self) -> Iterator[None]:
+        swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+
+        def visit(parent: torch.nn.Module) -> None:
+            for name, child in list(parent._modules.items()):
+                original = _original(child)
+                if original is not None:
+                    parent._modules[name] = original
+                    swaps.append((parent, name, child))
+                    visit(original)
+                elif child is not None:
+                    visit(child)
+
+        configs = _configs(self.root) if self.attention is not None else []
+        old = [c._attn_implementation for c in configs]
+        try:
+            visit(self.root)
+            for c in configs:
+                c._attn_implementation = self.attention
+            yield
+        finally:
+            for c, value in zip(configs, old, strict=True):
+                c._attn_implementation = value
+            for parent, name, child in reversed(swaps):
+                parent._modules[name] = child
+
+    @contextmanager
+    def hooked(self, callback: LayerCallback, with_act: bool = True) -> Iterator[NativeForward]:
+        """Take the wrappers out and call ``callback(layer, pre, act)`` on every layer of each forward.
+
+        ``act`` is passed when ``with_act`` and the model has an activation module per layer;
+        otherwise it is None. The forward stops once the last layer's callback returned.
+        """
+        if self._active:
+            raise TLCultureError("NativeForward.hooked is already active; it does not nest")
+        last = self.mlp.n_layers - 1
+        handles = []
+        use_act = with_act and self.acts is not None
+        pending: dict[int, torch.Tensor] = {}
+
+        def on_gate(layer: int):
+            def hook(module: Any, args: Any, out: torch.Tensor) -> None:
+                if use_act:
+                    pending[layer] = out
+                    return
+                callback(layer, out, None)
+                if layer == last:
+                    raise _Stop
+
+            return hook
+
+        def on_act(layer: int):
+            def hook(module: Any, args: Any, out: torch.Tensor) -> None:
+                pre = pending.pop(layer, None)
+                if pre is None:  # not the activation of this layer's gate output (`verify` checks)
+                    return
+                callback(layer, pre, out)
+                if layer == last:
+                    raise _Stop
+
+            return hook
+
+        with self._unbridged():
+            try:
+                for layer, gate in enumerate(self.gates):
+                    handles.append(gate.register_forward_hook(on_gate(layer)))
+                    if use_act:
+                        handles.append(self.acts[layer].register_forward_hook(on_act(layer)))
+                self._active = True
+                yield self
+            finally:
+                self._active = False
+                pending.clear()
+                for h in handles:
+                    h.remove()
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        """Run one batch up to the last layer's MLP neurons (inside `hooked`)."""
+        if not self._active:
+            raise TLCultureError("call NativeForward inside its hooked(...) context")
+        kwargs: dict[str, Any] = {"use_cache": False} if hasattr(self.root, "config") else {}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        try:
+            self.root(input_ids, **kwargs)
+        except _Stop:
+            return
+        raise TLCultureError("the native forward ended without reaching the last MLP layer; use backend='hooks'")
+
+    def verify(self, input_ids: torch.Tensor) -> str | None:
+        """Compare ``hook_pre`` of the native and the TransformerLens forward on ``input_ids``.
+
+        Returns None when every layer's gate pre-activation is bit-identical (with the bridge's
+        attention; close within float rounding with another ``attention``) and the activation
+        module's output matches act_fn(pre); otherwise why not. If only the activation module
+        does not match, it is dropped (callbacks then get ``act=None``) and None is returned.
+
+        The outcome is remembered for this model as long as its `state_signature` (modules, their
+        hooks and patched forwards, parameters and their in-place versions, cfg) and the attention
+        stay the same, so repeated `collect` calls on one model check it once.
+        """
+        known = _CHECKED.get(self.model, {}).get(self.attention)
+        if known is not None and known[0] == state_signature(self.model):
+            _, problem, acts_ok, self.attention_problem = known
+            if not acts_ok:
+                self.acts = None
+            return problem
+        problem = self._verify(input_ids)
+        # the signature after the check: the bridge wires its own capture hooks once, on first use
+        outcome = (state_signature(self.model), problem, self.acts is not None, self.attention_problem)
+        _CHECKED.setdefault(self.model, {})[self.attention] = outcome
+        return problem
+
+    def _verify(self, input_ids: torch.Tensor) -> str | None:
+        """Structure first (the bridge's attention, bit-identical), then the other attention (close)."""
+        bridge = self._bridge_pre(input_ids)
+        attention, self.attention = self.attention, None
+        try:
+            problem = self._compare(input_ids, bridge, exact=True)
+            while problem is not None and self.acts is not None:
+                self.acts = None  # retry without the activation module
+                problem = self._compare(input_ids, bridge, exact=True)
+        finally:
+            self.attention = attention
+        if problem is None and attention is not None:
+            self.attention_problem = self._compare(input_ids, bridge, exact=False)
+        return problem
+
+    def _bridge_pre(self, input_ids: torch.Tensor) -> list[torch.Tensor | None]:
+        L = self.mlp.n_layers
+        bridge: list[torch.Tensor | None] = [None] * L
+
+        def tl_hook(layer: int):
+            def hook(pre: torch.Tensor, hook: Any = None) -> None:
+                bridge[layer] = pre.detach().clone()
+                if layer == L - 1:
+                    raise _Stop
+
+            return hook
+
+        with torch.inference_mode(), self.model.hooks(
+            fwd_hooks=[(self.mlp.pre(layer), tl_hook(layer)) for layer in range(L)]
+        ):
+            try:
+                self.model(input_ids)
+            except _Stop:
+                pass
+        return bridge
+
+    def _compare(self, input_ids: torch.Tensor, bridge: list[torch.Tensor | None], exact: bool) -> str | None:
+        """Why the native ``hook_pre`` differs from ``bridge`` (bit for bit if ``exact``, else beyond
+        attention-kernel rounding: 5 % of the layer's largest value), or None."""
+        L = self.mlp.n_layers
+        native: list[Float[torch.Tensor, "... d_mlp"] | None] = [None] * L
+        native_act: list[torch.Tensor | None] = [None] * L
+
+        def keep(layer: int, pre: torch.Tensor, act: torch.Tensor | None) -> None:
+            native[layer] = pre.detach().clone()
+            native_act[layer] = act.detach().clone() if act is not None else None
+
+        try:
+            with torch.inference_mode(), self.hooked(keep):
+                self(input_ids)
+        except Exception as exc:  # an HF module that cannot run unwrapped, or this attention
+            return f"the native forward failed ({type(exc).__name__}: {str(exc).strip()[:200]})"
+        for layer in range(L):
+            a, b = native[layer], bridge[layer]
+            if a is None or b is None or a.shape != b.shape:
+                return f"layer {layer}: the native forward does not reach the MLP neurons the hooks see"
+            diff = (a.float() - b.float()).abs().max().item()
+            if not (torch.equal(a, b) if exact else diff <= 0.05 * b.float().abs().max().item()):
+                return f"layer {layer}: hook_pre differs from the TransformerLens forward (max |diff| {diff:.3g})"
+            act = native_act[layer]
+            if self.acts is not None:
+                ref = self.mlp.act(a)
+                tol = 1e-5 if ref.dtype == torch.float32 else 1e-2
+                if act is None or act.shape != ref.shape or not torch.allclose(act, ref, rtol=tol, atol=tol):
+                    return f"layer {layer}: the activation module's output is not act_fn(hook_pre)"
+        return None

@@ -1,0 +1,44 @@
+"""Stage 7, showing it: circuitsvis token views, matplotlib figures and the offline HTML report.
+
+circuitsvis and matplotlib are imported only when a view or a figure is made
+(``pip install 'tl-culture[viz]'``).
+"""
+
+from tl_culture.report.figures import (
+    Figure,
+    diagonal_mask,
+    plot_category_counts,
+    plot_delta_nll,
+    plot_layer_distribution,
+    plot_overlap,
+)
+from tl_culture.report.html import external_references, save_views, views_html
+from tl_culture.report.tokens import (
+    TokenActivations,
+    colored_tokens,
+    colored_tokens_multi,
+    neuron_activations,
+    token_activations,
+    topk_tokens,
+)
+from tl_culture.report.write import load_run, write_report
+
+__all__ = [
+    "Figure",
+    "TokenActivations",
+    "colored_tokens",
+    "colored_tokens_multi",
+    "diagonal_mask",
+    "external_references",
+    "load_run",
+    "neuron_activations",
+    "plot_category_counts",
+    "plot_delta_nll",
+    "plot_layer_distribution",
+    "plot_overlap",
+    "save_views",
+    "token_activations",
+    "topk_tokens",
+    "views_html",
+    "write_report",
+]
