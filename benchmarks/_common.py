@@ -94,12 +94,15 @@ def hf_layers(hf: Any) -> list[Any]:
 
 
 def hf_act_module(layer: Any) -> torch.nn.Module:
-    """The activation-function module of a block's MLP: its output is act_fn(gate) (gated) or act_fn(fc) (dense)."""
-    mlp = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
-    for attr in ("act_fn", "act", "activation_fn"):
-        mod = getattr(mlp, attr, None)
-        if isinstance(mod, torch.nn.Module):
-            return mod
+    """The activation-function module of a block's MLP: its output is act_fn(gate) (gated) or act_fn(fc) (dense).
+
+    Found as the bridge fast path finds it (`tl_culture.model.fastpath.act_module`).
+    """
+    from tl_culture.model.fastpath import act_module
+
+    mod = act_module(getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None))
+    if mod is not None:
+        return mod
     raise TLCultureError(f"cannot find the MLP activation module of {type(layer).__name__}")
 
 
@@ -123,10 +126,11 @@ def bench_texts(languages: Sequence[str] = LANGUAGES) -> list[str]:
 def bench_rows(model: Any, tokens: int, seq_len: int) -> Int[torch.Tensor, "row pos"]:
     """``int64[row, seq_len]`` packed rows holding at least ``tokens`` tokens, each row starting with BOS.
 
-    Multilingual FLORES text, tokenized and packed by `tl_culture.corpus.encode`; repeated when the
+    Multilingual FLORES text, tokenized and packed by `tl_culture.data.rows.encode`; repeated when the
     text is shorter than ``tokens``. Every method of a benchmark runs on exactly these rows.
     """
-    from tl_culture.data.corpus import Corpus, encode
+    from tl_culture.data.corpus import Corpus
+    from tl_culture.data.rows import encode
 
     if tokens < 1 or seq_len < 2:
         raise TLCultureError(f"--tokens must be positive and --seq-len at least 2, got {tokens}, {seq_len}")

@@ -11,7 +11,7 @@ For every ``--model`` (a spec for `tl_culture.load_model`, optionally ``SPEC@DTY
    LAPE paper's released files are usually described); the Jaccard overlap of each culture's set
    with its language's set;
 4. with ``--eval`` (default on): Δ NLL of ablating each group on every group's held-out text
-   (`tl_culture.evaluate.delta_nll`, no controls or bootstrap), and its diagonal dominance
+   (`tl_culture.delta_nll`, no controls or bootstrap), and its diagonal dominance
 
        dominance = #{rows g : argmax_e Δ[g, e] = g} / G,  margin = mean_g (Δ[g, g] − mean_{e≠g} Δ[g, e])
 
@@ -34,7 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 
-from tl_culture import collect, culture_categories, identify, load_corpus, load_model, load_murel  # noqa: E402
+from tl_culture import (  # noqa: E402
+    collect,
+    culture_categories,
+    delta_nll,
+    identify,
+    load_corpus,
+    load_model,
+    load_murel,
+)
 from tl_culture.errors import TLCultureError  # noqa: E402
 
 
@@ -120,32 +128,27 @@ def run_model(spec: str, languages: dict, cultures: dict, args: argparse.Namespa
         "layer_histogram": {cat: ns.union_mask().sum(1).tolist() for cat, ns in cats.items()},
     }
     if args.eval:
-        try:
-            from tl_culture.evaluation.delta import delta_nll
-        except ImportError:
-            out["delta_nll"] = "tl_culture.evaluation.delta is not available"
-        else:
-            out["delta_nll"] = {}
-            for what, ns, prefix in (("language", lang_ns, "lang"), ("culture", cult_ns, "cult")):
-                evals = {g: splits[f"{prefix}:{g}"][1] for g in ns.groups}
-                m = delta_nll(
-                    model,
-                    evals,
-                    ns,
-                    seq_len=args.seq_len,
-                    batch_size=args.eval_batch_size,
-                    max_tokens=args.eval_tokens,
-                    controls=0,
-                    bootstrap=0,
-                    progress=not args.quiet,
-                )
-                out["delta_nll"][what] = {
-                    "groups": m.groups,
-                    "evals": m.evals,
-                    "baseline": m.baseline.tolist(),
-                    "delta": m.delta.tolist(),
-                    **diagonal_dominance(m.delta, m.groups, m.evals, [ns.count(g) for g in m.groups]),
-                }
+        out["delta_nll"] = {}
+        for what, ns, prefix in (("language", lang_ns, "lang"), ("culture", cult_ns, "cult")):
+            evals = {g: splits[f"{prefix}:{g}"][1] for g in ns.groups}
+            m = delta_nll(
+                model,
+                evals,
+                ns,
+                seq_len=args.seq_len,
+                batch_size=args.eval_batch_size,
+                max_tokens=args.eval_tokens,
+                controls=0,
+                bootstrap=0,
+                progress=not args.quiet,
+            )
+            out["delta_nll"][what] = {
+                "groups": m.groups,
+                "evals": m.evals,
+                "baseline": m.baseline.tolist(),
+                "delta": m.delta.tolist(),
+                **diagonal_dominance(m.delta, m.groups, m.evals, [ns.count(g) for g in m.groups]),
+            }
     out["seconds"] = time.perf_counter() - t0
     del model
     return out

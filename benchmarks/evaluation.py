@@ -1,17 +1,14 @@
-"""Δ NLL evaluation time: shared lower layers vs the naive loop, for upper-layer neuron sets.
+"""Δ NLL evaluation time: `tl_culture.delta_nll` on random neuron sets, per eval batch size.
 
-`tl_culture.evaluate.delta_nll` ablates each group's neurons and scores every eval corpus. With
-``shared_prefix=True`` the layers below the lowest intervened layer ``L0`` run once per batch (the
-baseline forward stores ``blocks.{L0}.hook_resid_pre``; each ablation resumes from there); with
-``shared_prefix=False`` (the naive loop) every ablation runs the full forward.
+`delta_nll` runs one full forward per batch for the baseline and one per intervention: each
+group's ablation and each of its ``--controls`` random-neuron controls. The neuron sets are seeded
+random sets of ``--neurons`` neurons per group, spread evenly over all layers (where the neurons
+lie does not change the cost). For each ``--batch-size`` the evaluation runs ``--repeats`` times,
+interleaved; the table reports medians, forwards per second and scored tokens per second, and the
+share of a forward's matmul FLOPs spent in the unembedding (which every intervention must pay to
+get its NLLs).
 
-The neuron sets are seeded random sets of ``--neurons`` neurons per group, all in layers
-``>= L0`` (spread evenly over those layers): what matters for the cost is only where the
-lowest intervened layer is. For each ``--start-layer`` both modes run ``--repeats`` times,
-interleaved; the table reports medians, the speed-up, and the largest |Δ shared − Δ naive|
-(the two must agree).
-
-    python benchmarks/evaluation.py --model default --groups 6 --start-layer 9,13 --eval-tokens 128
+    python benchmarks/evaluation.py --model default --groups 6 --controls 1 --batch-size 4,8 --eval-tokens 128
 """
 
 from __future__ import annotations
@@ -26,27 +23,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 
-from tl_culture import load_model  # noqa: E402
+from tl_culture import delta_nll, load_model  # noqa: E402
 from tl_culture.data.corpus import Corpus  # noqa: E402
+from tl_culture.data.rows import encode  # noqa: E402
 from tl_culture.errors import TLCultureError  # noqa: E402
-from tl_culture.model.load import MLPHooks  # noqa: E402
+from tl_culture.model.hooks import MLPHooks  # noqa: E402
 from tl_culture.selection.neurons import NeuronSet  # noqa: E402
 
 
-def upper_layer_sets(n_layers: int, d_mlp: int, groups: int, neurons: int, start: int, seed: int) -> NeuronSet:
-    """``groups`` random sets of ``neurons`` neurons each, spread evenly over layers ``start..n_layers-1``."""
-    if not 0 <= start < n_layers:
-        raise TLCultureError(f"--start-layer {start} is outside the model's 0..{n_layers - 1}")
-    layers = list(range(start, n_layers))
-    if neurons > len(layers) * d_mlp:
-        raise TLCultureError(f"--neurons {neurons} exceeds the {len(layers) * d_mlp} neurons of layers >= {start}")
+def random_sets(n_layers: int, d_mlp: int, groups: int, neurons: int, seed: int) -> NeuronSet:
+    """``groups`` random sets of ``neurons`` neurons each, spread evenly over all layers."""
+    if neurons > n_layers * d_mlp:
+        raise TLCultureError(f"--neurons {neurons} exceeds the model's {n_layers * d_mlp} neurons")
     gen = torch.Generator().manual_seed(seed)
     masks = torch.zeros(groups, n_layers, d_mlp, dtype=torch.bool)
     for g in range(groups):
-        for i, layer in enumerate(layers):
-            k = neurons // len(layers) + (1 if i < neurons % len(layers) else 0)
+        for layer in range(n_layers):
+            k = neurons // n_layers + (1 if layer < neurons % n_layers else 0)
             masks[g, layer, torch.randperm(d_mlp, generator=gen)[:k]] = True
-    return NeuronSet([f"g{g}" for g in range(groups)], masks, {"category": f"random >= L{start}"})
+    return NeuronSet([f"g{g}" for g in range(groups)], masks, {"category": "random"})
 
 
 def eval_corpora(groups: int) -> dict[str, Corpus]:
@@ -59,53 +54,33 @@ def eval_corpora(groups: int) -> dict[str, Corpus]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tl_culture.evaluation.delta import delta_nll
-
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     mlp = MLPHooks.from_model(model)
     evals = eval_corpora(args.groups)
-    starts = [int(s) for s in args.start_layer.split(",")] if args.start_layer else [(3 * mlp.n_layers) // 4]
+    ns = random_sets(mlp.n_layers, mlp.d_mlp, args.groups, args.neurons, args.seed)
+    sizes = [int(b) for b in str(args.batch_size).split(",")]
+    mats: dict[int, Any] = {}
+
+    def make(batch_size: int):
+        def fn() -> None:
+            mats[batch_size] = delta_nll(model, evals, ns, seq_len=args.seq_len, batch_size=batch_size,
+                                         max_tokens=args.eval_tokens, controls=args.controls, bootstrap=0,
+                                         allow_overlap=True, progress=False)
+
+        return fn
+
+    times = C.interleaved({b: make(b) for b in sizes}, args.repeats, warmup=False)
+    forwards_per_batch = 1 + args.groups * (1 + args.controls)
     results = []
-    for start in starts:
-        ns = upper_layer_sets(mlp.n_layers, mlp.d_mlp, args.groups, args.neurons, start, args.seed)
-        mats: dict[str, Any] = {}
-
-        def make(shared: bool, ns=ns, mats=mats):
-            def fn() -> None:
-                mats[shared] = delta_nll(
-                    model,
-                    evals,
-                    ns,
-                    seq_len=args.seq_len,
-                    batch_size=args.batch_size,
-                    max_tokens=args.eval_tokens,
-                    controls=0,
-                    bootstrap=0,
-                    allow_overlap=True,
-                    shared_prefix=shared,
-                    progress=False,
-                )
-
-            return fn
-
-        times = C.interleaved({"shared": make(True), "naive": make(False)}, args.repeats, warmup=False)
-        shared_s, naive_s = C.median(times["shared"]), C.median(times["naive"])
-        diff = float((mats[True].delta - mats[False].delta).abs().max())
-        results.append(
-            {
-                "start_layer": start,
-                "neurons_per_group": args.neurons,
-                "shared_prefix_used": mats[True].meta.get("shared_prefix"),
-                "shared_prefix_note": mats[True].meta.get("shared_prefix_note"),
-                "shared_s": times["shared"],
-                "naive_s": times["naive"],
-                "median_shared_s": shared_s,
-                "median_naive_s": naive_s,
-                "speedup": naive_s / shared_s,
-                "max_abs_delta_diff": diff,
-                "tokens_per_eval": mats[True].tokens.tolist(),
-            }
-        )
+    rows = sum(len(encode(c, model.tokenizer, args.seq_len, max_tokens=args.eval_tokens)) for c in evals.values())
+    for b in sizes:
+        m, med = mats[b], C.median(times[b])
+        forwards = -(-rows // b) * forwards_per_batch
+        scored = int(m.tokens.sum()) * forwards_per_batch
+        results.append({"batch_size": b, "seconds": times[b], "median_s": med, "forwards": forwards,
+                        "forwards_per_s": forwards / med, "scored_tokens_per_s": scored / med,
+                        "tokens_per_eval": m.tokens.tolist()})
+    body, unembed = C.body_flops_per_token(model.cfg, args.seq_len), C.unembed_flops_per_token(model.cfg)
     return {
         "benchmark": "evaluation",
         "command": C.command_line("evaluation.py", args),
@@ -114,36 +89,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model_name": str(model.cfg.model_name),
         "n_layers": mlp.n_layers,
         "groups": args.groups,
-        "forwards_per_batch": 1 + args.groups,
+        "controls": args.controls,
+        "neurons_per_group": args.neurons,
+        "forwards_per_batch": forwards_per_batch,
         "eval_tokens": args.eval_tokens,
         "seq_len": args.seq_len,
-        "batch_size": args.batch_size,
         "repeats": args.repeats,
+        "unembed_flop_share": unembed / (body + unembed),
         "results": results,
     }
 
 
 def report(out: dict[str, Any]) -> str:
-    rows = [
-        [
-            f"L{r['start_layer']}..L{out['n_layers'] - 1}",
-            r["median_naive_s"],
-            r["median_shared_s"],
-            r["speedup"],
-            r["shared_prefix_used"],
-            f"{r['max_abs_delta_diff']:.2e}",
-        ]
-        for r in out["results"]
-    ]
+    rows = [[r["batch_size"], r["median_s"], r["forwards"], r["forwards_per_s"], r["scored_tokens_per_s"]]
+            for r in out["results"]]
     head = (
-        f"{out['model_name']}: {out['groups']} groups x {out['groups']} eval corpora, {out['eval_tokens']} tokens "
-        f"each, {out['repeats']} interleaved repeats (medians)"
+        f"{out['model_name']}: {out['groups']} groups x {out['groups']} eval corpora, {out['controls']} control(s), "
+        f"{out['eval_tokens']} tokens each, {out['repeats']} interleaved repeats (medians); unembedding = "
+        f"{100 * out['unembed_flop_share']:.0f}% of a forward's matmul FLOPs"
     )
-    return (
-        head
-        + "\n"
-        + C.table(["ablated layers", "naive s", "shared s", "speed-up", "shared used", "max |Δ diff|"], rows)
-    )
+    return head + "\n" + C.table(["batch size", "Δ NLL s", "forwards", "forwards/s", "scored tokens/s"], rows)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -151,10 +116,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="default")
     p.add_argument("--groups", type=int, default=6, help="groups ablated (= eval corpora)")
     p.add_argument("--neurons", type=int, default=32, help="neurons per group")
-    p.add_argument("--start-layer", default=None, help="comma-separated lowest ablated layers (default 3L/4)")
+    p.add_argument("--controls", type=int, default=1, help="random-neuron controls per group")
     p.add_argument("--eval-tokens", type=int, default=128, help="scored tokens per eval corpus")
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", default="4", help="comma-separated eval batch sizes")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)

@@ -59,7 +59,8 @@ def run_method(
     """Run one method over ``rows`` (``collect_text``: over ``texts``, as many tokens); returns
     ``int64[layer, neuron]`` counts."""
     from tl_culture import collect
-    from tl_culture.model.load import MLPHooks, model_device
+    from tl_culture.model.hooks import MLPHooks
+    from tl_culture.model.load import model_device
 
     if method in ("collect", "collect_text"):
         corpus = {"bench": rows if method == "collect" else texts}

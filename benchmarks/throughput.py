@@ -41,14 +41,12 @@ import _common as C  # noqa: E402
 import torch  # noqa: E402
 
 from tl_culture import collect, load_model  # noqa: E402
-from tl_culture.model.load import MLPHooks, model_device, parse_dtype  # noqa: E402
+from tl_culture.model.forward import StopForward, run_to_layer, until_stop  # noqa: E402
+from tl_culture.model.hooks import MLPHooks  # noqa: E402
+from tl_culture.model.load import model_device, parse_dtype  # noqa: E402
 
 TARGETS = {"collect_vs_hf_body": 0.95, "collect_vs_bridge_logits": 2.0}
 LOGIT_METHODS = ("bridge_logits", "run_with_cache", "hf_hook_batch1")
-
-
-class _Stop(Exception):
-    """Stops a forward after the last MLP hook."""
 
 
 def make_methods(
@@ -94,19 +92,12 @@ def make_methods(
         return stats.counts[0]
 
     def bridge_stop() -> None:
-        def make(layer: int):
-            def hook(pre: torch.Tensor, hook: Any = None) -> None:
-                if layer == last:
-                    raise _Stop
+        def noop(pre: torch.Tensor, hook: Any = None) -> None:
+            pass
 
-            return hook
-
-        with torch.inference_mode(), model.hooks(fwd_hooks=[(n, make(i)) for i, n in enumerate(pre_names)]):
+        with torch.inference_mode():
             for b in batches:
-                try:
-                    model(b)
-                except _Stop:
-                    pass
+                run_to_layer(model, b, [(n, noop) for n in pre_names], stop_at=pre_names[-1])
 
     def hf_counting(batches_: list[torch.Tensor], stop: bool, grad_ctx) -> torch.Tensor:
         counts = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.int64, device=hf_dev)
@@ -116,7 +107,7 @@ def make_methods(
             def hook(module: Any, inputs: Any, out: torch.Tensor) -> None:
                 counts[layer] += (out > 0).reshape(-1, out.shape[-1]).sum(0)
                 if stop and layer == last:
-                    raise _Stop
+                    raise StopForward
 
             return hook
 
@@ -125,10 +116,10 @@ def make_methods(
         try:
             with grad_ctx():
                 for b in batches_:
-                    try:
-                        hf.base_model(input_ids=b, use_cache=False) if stop else hf(b)
-                    except _Stop:
-                        pass
+                    if stop:
+                        until_stop(hf.base_model, input_ids=b, use_cache=False)
+                    else:
+                        hf(b)
         finally:
             for h in handles:
                 h.remove()

@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Build (once) a side interpreter with TransformerLens 3.x, for tests/test_tl3_compat.py.
-# Prints the path of its python. tl-culture itself is put on PYTHONPATH by the test.
+# Build (once) a side interpreter with TransformerLens 3.x and SAELens 6.x, for tests/model/test_tl3_compat.py
+# and tests/intervene/test_saelens.py. Prints the path of its python. tl-culture itself is put on PYTHONPATH
+# by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-tl3
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import transformer_lens, tqdm, safetensors, jaxtyping, pytest" 2>/dev/null; then
+tl3="transformer-lens==3.9.0"
+sae="sae-lens==6.54.12"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" - "$tl3" "$sae" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+
+import jaxtyping, pytest, safetensors, tqdm, transformer_lens, sae_lens  # noqa: F401
+
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    assert version(name) == want, (name, version(name), want)
+PY
+then
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
     "$venv/bin/python" -m pip install --quiet "torch==$(grep -E '^torch==' constraints.txt | cut -d= -f3)" >&2
-    "$venv/bin/python" -m pip install --quiet "transformer-lens==3.9.0" safetensors jaxtyping tqdm pytest >&2
+    "$venv/bin/python" -m pip install --quiet "$tl3" "$sae" safetensors jaxtyping tqdm pytest >&2
 fi
 echo "$(pwd)/$venv/bin/python"

@@ -120,3 +120,127 @@ def tiny_hf_model(tiny_hf_dir):
     from tl_culture import load_model
 
     return load_model(str(tiny_hf_dir), device="cpu")
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+@pytest.fixture(scope="session")
+def tiny_models(dense_model, gated_model):
+    """The two tiny bridges by MLP kind: ``{"dense": ..., "gated": ...}``."""
+    return {"dense": dense_model, "gated": gated_model}
+
+
+@pytest.fixture(scope="session")
+def ab_neurons():
+    """Groups ``a`` (layers 1 and 2) and ``b`` (layer 2) over the tiny models' 3 x 32 neurons."""
+    from tl_culture import NeuronSet
+
+    m = torch.zeros(2, 3, 32, dtype=torch.bool)
+    m[0, 1, :6] = True
+    m[0, 2, 10:14] = True
+    m[1, 2, 3:20] = True
+    return NeuronSet(["a", "b"], m)
+
+
+def random_rows(seed: int, n: int = 3, T: int = 12) -> torch.Tensor:
+    """``int64[n, T]`` random token ids below the tiny models' vocabulary of 64."""
+    return torch.randint(0, 64, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def xy_corpora() -> dict:
+    """Two eval corpora of token rows: ``x`` (3 rows) and ``y`` (2 rows)."""
+    from tl_culture import Corpus
+
+    return {"x": Corpus("x", rows=random_rows(1, 3)), "y": Corpus("y", rows=random_rows(2, 2))}
+
+
+def hand_nll(model, ids: torch.Tensor, hooks=()) -> float:
+    """Mean next-token NLL of every position after the first, by plain log-softmax (float64)."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(ids, fwd_hooks=list(hooks))
+    lp = F.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return float(-lp.mean())
+
+
+def run_in_tl3_interpreter(test_file: Path, select: str, passed: int, needs: str = "transformer_lens") -> None:
+    """Run ``pytest test_file -k select`` in ``$TL3_PYTHON`` (built by scripts/tl3_env.sh); assert ``passed`` passed.
+
+    Skips when ``$TL3_PYTHON`` is unset, except under CI, where that fails, as does an interpreter that
+    cannot import ``needs``.
+    """
+    import re
+    import subprocess
+
+    py = os.environ.get("TL3_PYTHON")
+    if not py:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set TL3_PYTHON (built by scripts/tl3_env.sh)")
+        pytest.skip("set TL3_PYTHON to the interpreter printed by `bash scripts/tl3_env.sh` to run this")
+    probe = subprocess.run([py, "-c", f"import {needs}"], capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        pytest.fail(f"{py} cannot import {needs}; rebuild it with `bash scripts/tl3_env.sh`\n{probe.stderr[-2000:]}")
+    proc = subprocess.run(
+        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file), "-k", select],
+        cwd=REPO / "tests", env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = re.search(r"(\d+) passed", proc.stdout)
+    assert found and int(found.group(1)) == passed, proc.stdout[-3000:]
+
+
+# --------------------------------------------------------------------------- run folders (report, experiment)
+RUN_CULTURES = ["en", "de", "da", "zh", "ru", "fa"]  # the demo corpus's groups
+RUN_EVALS = [f"lang:{c}" for c in RUN_CULTURES] + [f"cult:{c}" for c in RUN_CULTURES]
+
+
+def make_nll(groups: list[str], seed: int = 0):
+    """An NLLMatrix over `RUN_EVALS` with CIs and a control; own-text cells get +0.3."""
+    import numpy as np
+
+    from tl_culture import NLLMatrix
+
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(2, 4, len(RUN_EVALS))
+    d = rng.uniform(0, 0.05, (len(groups), len(RUN_EVALS)))
+    for i, g in enumerate(groups):
+        for j, e in enumerate(RUN_EVALS):
+            if e.endswith(":" + g):
+                d[i, j] += 0.3
+    t = torch.as_tensor
+    return NLLMatrix(
+        groups, RUN_EVALS, t(base), t(base[None] + d), t([1000 + j for j in range(len(RUN_EVALS))]),
+        delta_ci_low=t(d - 0.02), delta_ci_high=t(d + 0.02),
+        control_delta=t(np.full(d.shape, 0.01)), control_ci_low=t(np.zeros(d.shape)),
+        control_ci_high=t(np.full(d.shape, 0.03)),
+    )
+
+
+def make_run(out: Path, model) -> Path:
+    """A real run folder as `tl-culture run` writes it (report included): `run_experiment` on the
+    demo corpus without its evaluation stage, plus made-up Δ NLL files (`make_nll`)."""
+    from tl_culture.experiment.config import ExperimentConfig
+    from tl_culture.experiment.run import run_experiment
+    from tl_culture.experiment.rundir import RunDir
+    from tl_culture.report.write import report_stage
+
+    cfg = ExperimentConfig(out=str(out), seq_len=64, batch_size=8, max_tokens=600, top_rate=0.1, progress=False,
+                           evaluate=False)
+    run_experiment(cfg, model=model, reporter=report_stage)
+    nll = {cat: make_nll(RUN_CULTURES, seed=len(cat)) for cat in ("language", "culture", "compound", "pure")}
+    RunDir(out).write_nll({**nll, "generic": make_nll(["generic"], seed=9)})
+    return out
+
+
+# --------------------------------------------------------------------------- counting helpers
+WORDS = "the cat sat on mat der Hund schläft кошка спит 猫 在 睡觉 گربه خوابیده است".split()
+
+
+def write_corpus(path: Path, n_docs: int, seed: int) -> Path:
+    """A text file of ``n_docs`` random multilingual lines (3 to 30 words each), seeded."""
+    import random
+
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n_docs)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

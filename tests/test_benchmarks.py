@@ -213,8 +213,8 @@ def test_evaluation_smoke(tiny_hf_dir, tmp_path):
             "2",
             "--neurons",
             "4",
-            "--start-layer",
-            "1",
+            "--batch-size",
+            "1,4",
             "--eval-tokens",
             "16",
             "--seq-len",
@@ -225,10 +225,11 @@ def test_evaluation_smoke(tiny_hf_dir, tmp_path):
             str(tmp_path / "ev.json"),
         ]
     )
-    (r,) = out["results"]
-    assert r["shared_prefix_used"] is True
-    assert r["max_abs_delta_diff"] < 1e-9  # shared lower layers give the naive loop's numbers
-    assert r["speedup"] == pytest.approx(r["median_naive_s"] / r["median_shared_s"])
+    one, four = out["results"]
+    assert out["forwards_per_batch"] == 1 + 2 * (1 + 1)  # baseline, 2 ablations, 2 controls
+    assert one["tokens_per_eval"] == four["tokens_per_eval"] == [16, 16]
+    assert one["forwards"] == 4 * 5 and four["forwards"] == 1 * 5  # two rows (15 + 1 tokens after BOS) per corpus
+    assert one["forwards_per_s"] == pytest.approx(one["forwards"] / one["median_s"])
 
 
 def test_compare_models_smoke(tiny_hf_dir, tmp_path, shared_data):

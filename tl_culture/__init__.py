@@ -6,15 +6,21 @@ The pipeline, one module per stage:
 """
 
 from tl_culture._version import __version__
-from tl_culture.counting.collect import ActivationStats, collect
+from tl_culture.counting.collect import collect
+from tl_culture.counting.stats import ActivationStats
 from tl_culture.data.corpus import Corpus, demo_corpora, load_corpus, load_murel
 from tl_culture.errors import TLCultureError
-from tl_culture.evaluation.delta import NLLMatrix, delta_nll, split_half_stability
+from tl_culture.evaluation.delta import delta_nll
+from tl_culture.evaluation.matrix import NLLMatrix
+from tl_culture.explore.examples import NeuronExamples
+from tl_culture.explore.scan import top_examples
 from tl_culture.intervene.interventions import Intervention, ablate, combine, random_like, scale, set_to
 from tl_culture.intervene.steer import SteerResult, generate
-from tl_culture.model.load import MLPHooks, load_model
+from tl_culture.model.hooks import MLPHooks
+from tl_culture.model.load import load_model
 from tl_culture.selection.lape import identify
 from tl_culture.selection.neurons import NeuronSet, culture_categories
+from tl_culture.selection.stability import split_half_stability
 
 __all__ = [
     "__version__",
@@ -23,6 +29,7 @@ __all__ = [
     "Intervention",
     "MLPHooks",
     "NLLMatrix",
+    "NeuronExamples",
     "NeuronSet",
     "SteerResult",
     "TLCultureError",
@@ -41,4 +48,5 @@ __all__ = [
     "scale",
     "set_to",
     "split_half_stability",
+    "top_examples",
 ]

@@ -4,7 +4,6 @@ uninterrupted statistics; checkpoints made with other settings are refused."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,18 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import REPO, random_rows, write_corpus
 from tl_culture import ActivationStats, TLCultureError, collect
-from tl_culture.counting.collect import CHECKPOINT_KIND, CollectCheckpoint, Counter
-
-REPO = Path(__file__).resolve().parents[2]
-WORDS = "the cat sat on mat der Hund schläft кошка спит 猫 在 睡觉 گربه خوابیده است".split()
-
-
-def write_corpus(path: Path, n_docs: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n_docs)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+from tl_culture.counting.checkpoint import (
+    CHECKPOINT_KIND,
+    CollectCheckpoint,
+    rows_fingerprint,
+    tokenizer_fingerprint,
+    weights_fingerprint,
+)
+from tl_culture.counting.counter import Counter
 
 
 def read_progress(path: Path) -> dict | None:
@@ -38,8 +35,9 @@ def read_progress(path: Path) -> dict | None:
         return None
 
 
-def rows(seed: int, n: int = 7, width: int = 8) -> torch.Tensor:
-    return torch.randint(0, 64, (n, width), generator=torch.Generator().manual_seed(seed))
+def rows(seed: int, n: int = 7) -> torch.Tensor:
+    """``int64[n, 8]`` random token ids."""
+    return random_rows(seed, n, 8)
 
 
 def assert_same(a: ActivationStats, b: ActivationStats) -> None:
@@ -51,7 +49,7 @@ def assert_same(a: ActivationStats, b: ActivationStats) -> None:
 # --------------------------------------------------------------------------- kill -9
 SLOW_CLI = """
 import sys, time
-import tl_culture.counting.collect as s
+import tl_culture.counting.counter as s
 run = s.Counter.run_batch
 def slow(self, batch):
     time.sleep(0.25)
@@ -110,7 +108,8 @@ def test_kill9_then_resume_gives_the_uninterrupted_counts(tmp_path, tiny_hf_dir,
 
 
 def _encoded(model, paths):
-    from tl_culture.data.corpus import encode, load_corpus
+    from tl_culture.data.corpus import load_corpus
+    from tl_culture.data.rows import encode
 
     return [encode(load_corpus(p), model.tokenizer, 32) for p in paths]
 
@@ -157,7 +156,7 @@ def test_checkpoint_saved_by_rows_and_by_seconds(tmp_path, monkeypatch):
     ck = CollectCheckpoint(tmp_path, 0, 1, {}, every_rows=5, every_seconds=None)
     assert [ck.due(2), ck.due(2), ck.due(1)] == [False, False, True]
     clock = [100.0]
-    monkeypatch.setattr("tl_culture.counting.collect.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("tl_culture.counting.checkpoint.time.monotonic", lambda: clock[0])
     ck = CollectCheckpoint(tmp_path, 0, 1, {}, every_rows=None, every_seconds=60)
     clock[0] = 159.0
     assert ck.due(1) is False
@@ -254,17 +253,6 @@ def test_checkpoint_path_that_is_a_file_is_refused(gated_model, tmp_path):
         collect(gated_model, {"a": rows(1), "b": rows(2)}, seq_len=8, progress=False, checkpoint_dir=f)
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(checkpoint_every=0), "checkpoint_every must be a positive number of rows, got 0"),
-    (dict(checkpoint_seconds=0), "checkpoint_seconds must be positive, got 0"),
-    (dict(batch_size=0), "batch_size must be at least 1, got 0"),
-])
-def test_bad_collect_numbers(gated_model, tmp_path, kw, message):
-    with pytest.raises(TLCultureError) as err:
-        collect(gated_model, {"a": rows(1)}, seq_len=8, progress=False, checkpoint_dir=tmp_path, **kw)
-    assert str(err.value) == message
-
-
 def test_checkpoint_of_fewer_processes_is_refused(gated_model, tmp_path):
     """A 1-process checkpoint read by rank 0 of a 2-process job (the torchrun case, without the collective)."""
     _first(gated_model, tmp_path)
@@ -278,21 +266,9 @@ def test_checkpoint_of_fewer_processes_is_refused(gated_model, tmp_path):
     assert CollectCheckpoint(tmp_path, 1, 2, settings).path.name == "rank1.safetensors"
 
 
-def test_out_of_memory_with_one_row_per_batch(gated_model, monkeypatch):
-    def oom(self, batch):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123456789 bytes")
-
-    monkeypatch.setattr(Counter, "run_batch", oom)
-    with pytest.raises(TLCultureError) as err:
-        collect(gated_model, {"a": rows(1)}, seq_len=8, batch_size=1, progress=False)
-    assert str(err.value) == (
-        "out of memory on cpu running 1 rows x 8 tokens; use a smaller --seq-len (a batch is already one row)"
-    )
-
-
 def test_resume_skips_finished_groups(gated_model, tmp_path, monkeypatch):
     """A group read to the end before the crash is not streamed again (only peeked at for its first rows)."""
-    from tl_culture.data.corpus import RowStream
+    from tl_culture.data.rows import RowStream
 
     corpora = {"a": rows(1, 7), "b": rows(2, 5)}  # batches of 2: a has 4, b has 3
     ref = collect(gated_model, corpora, seq_len=8, batch_size=2, progress=False)
@@ -306,3 +282,33 @@ def test_resume_skips_finished_groups(gated_model, tmp_path, monkeypatch):
     monkeypatch.setattr(RowStream, "__iter__", lambda self: streamed.append(self.corpus.name) or iterate(self))
     assert_same(collect(gated_model, corpora, seq_len=8, batch_size=2, progress=False, checkpoint_dir=tmp_path), ref)
     assert streamed == ["a", "b", "b"]  # the first-rows peek of each group, then only b
+
+
+# --------------------------------------------------------------------------- fingerprints and settings
+def test_fingerprints_tell_models_tokenizers_and_rows_apart(gated_model, tiny_hf_model):
+    from tests.conftest import tiny_model
+    from tl_culture.data.rows import TokenRows
+
+    assert weights_fingerprint(gated_model) == weights_fingerprint(tiny_model(True))  # same seed, same weights
+    assert weights_fingerprint(gated_model) != weights_fingerprint(tiny_model(True, seed=5))
+    assert tokenizer_fingerprint(None) is None
+    fp = tokenizer_fingerprint(tiny_hf_model.tokenizer)
+    assert len(fp) == 16 and fp == tokenizer_fingerprint(tiny_hf_model.tokenizer)
+    ids = rows(1, 2)
+    a = TokenRows(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool))
+    b = TokenRows(ids, a.attention_mask, a.count_mask.clone())
+    b.count_mask[0, 0] = False  # the same ids with BOS not counted: other rows
+    assert rows_fingerprint(a) == rows_fingerprint(TokenRows(ids.clone(), a.attention_mask, a.count_mask))
+    assert rows_fingerprint(a) != rows_fingerprint(b)
+
+
+def test_settings_recorded_in_the_checkpoint(gated_model, tmp_path):
+    from tl_culture._io import load_tensors
+
+    _first(gated_model, tmp_path)
+    settings = load_tensors(tmp_path / "rank0.safetensors", CHECKPOINT_KIND)[1]["settings"]
+    assert list(settings) == ["world_size", "model", "weights", "neurons", "act_fn", "dtype", "device", "groups",
+                              "corpora", "seq_len", "pack", "max_tokens", "batch_size", "with_sums", "attention",
+                              "tokenizer", "rows"]
+    assert settings["neurons"] == "3x32" and settings["groups"] == ["a", "b"] and settings["batch_size"] == 2
+    assert settings["weights"] == weights_fingerprint(gated_model)

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import os
-import random
 import socket
 import subprocess
 import sys
-from pathlib import Path
+from contextlib import contextmanager
 
 import pytest
 import torch
 
+from tests.conftest import REPO, write_corpus
 from tl_culture import ActivationStats, TLCultureError, collect
-from tl_culture.counting.distributed import DistInfo, init_distributed, resolve_device
-
-REPO = Path(__file__).resolve().parents[2]
-WORDS = "the cat sat on mat der Hund schläft кошка спит 猫 在 睡觉 گربه خوابیده است".split()
-
-
-def write_corpus(path: Path, n_docs: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n_docs)),
-                    encoding="utf-8")
-    return path
+from tl_culture.counting.distributed import (
+    DistInfo,
+    check_writable,
+    collect_under_torchrun,
+    init_distributed,
+    resolve_device,
+)
+from tl_culture.counting.ranks import rank_world
 
 
 def free_port() -> int:
@@ -38,6 +35,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
 
 
+@contextmanager
+def one_thread():
+    """Run the single-process reference on one thread, as each rank runs (OMP_NUM_THREADS=1): the
+    float32 kernels round the activations differently with another number of threads, which moves
+    the sums by float32 rounding, far above the float64 ordering these tests compare at."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpora")
@@ -46,7 +56,8 @@ def corpora(tmp_path_factory):
 
 
 def test_torchrun_two_ranks_equal_one_process(tmp_path, tiny_hf_dir, tiny_hf_model, corpora):
-    from tl_culture.data.corpus import encode, load_corpus
+    from tl_culture.data.corpus import load_corpus
+    from tl_culture.data.rows import encode
 
     n_batches = {g: -(-len(encode(load_corpus(p), tiny_hf_model.tokenizer, 32)) // 3) for g, p in corpora.items()}
     assert n_batches["en"] % 2 == 1, "the test wants an uneven split of batches between the ranks"
@@ -61,7 +72,8 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, tiny_hf_dir, tiny_hf_mod
     assert "(2 processes)" in res.stdout
 
     dp = ActivationStats.load(out)
-    single = collect(tiny_hf_model, corpora, seq_len=32, batch_size=3, progress=False)
+    with one_thread():
+        single = collect(tiny_hf_model, corpora, seq_len=32, batch_size=3, progress=False)
     assert dp.groups == single.groups
     assert torch.equal(dp.counts, single.counts)  # bit-identical
     assert torch.equal(dp.tokens, single.tokens)
@@ -91,6 +103,23 @@ def _ckpt_tensors(path):
     return t["counts"], t["tokens"], t["sums"]
 
 
+def run_ranks(script: str, args: list[str], cwd) -> list[tuple[str, str]]:
+    """Run ``script`` as ranks 0 and 1 of a 2-process gloo job (torchrun's environment); their outputs."""
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            env=clean_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, se) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, se[-3000:]
+    return outs
+
+
 API_WORKER = """
 import sys
 from tl_culture import collect, load_model
@@ -106,24 +135,82 @@ close_distributed(info)
 
 
 def test_python_api_with_init_distributed_from_env(tmp_path, tiny_hf_dir, tiny_hf_model, corpora):
-    port, out = str(free_port()), str(tmp_path / "api")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", API_WORKER, str(tiny_hf_dir), out, str(corpora["en"]), str(corpora["de"])],
-            env=clean_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for r in (0, 1)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, se) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, se[-3000:]
+    out = str(tmp_path / "api")
+    outs = run_ranks(API_WORKER, [str(tiny_hf_dir), out, str(corpora["en"]), str(corpora["de"])], tmp_path)
     assert "rank 0 of 2 initialised_here True" in outs[0][0] and "rank 1 of 2" in outs[1][0]
-    single = collect(tiny_hf_model, corpora, seq_len=16, batch_size=2, progress=False)
+    with one_thread():
+        single = collect(tiny_hf_model, corpora, seq_len=16, batch_size=2, progress=False)
     for r in (0, 1):  # every rank returns the reduced totals
         got = ActivationStats.load(f"{out}.rank{r}")
         assert torch.equal(got.counts, single.counts) and torch.equal(got.tokens, single.tokens)
         torch.testing.assert_close(got.sums, single.sums, rtol=1e-12, atol=1e-12)
+
+
+TORCHRUN_WORKER = """
+import os, sys
+import torch.distributed as dist
+from tl_culture import load_model
+from tl_culture.counting.distributed import collect_under_torchrun
+model_dir, out, en, de = sys.argv[1:]
+seen = []
+stats = collect_under_torchrun(lambda device: load_model(model_dir, device=device), {"en": en, "de": de}, out,
+                               device="cpu", seq_len=16, batch_size=2, progress=False,
+                               on_main=lambda stats, info: seen.append((info.rank, info.world_size)))
+stats.save(f"{out}.returned{os.environ['RANK']}")
+print("on_main", seen, "still in a group", dist.is_initialized())
+"""
+
+
+def test_collect_under_torchrun_two_ranks(tmp_path, tiny_hf_dir, tiny_hf_model, corpora):
+    """Each rank loads the model and counts its share; rank 0 alone writes the file and is called back;
+    both return the totals and leave the group."""
+    out = tmp_path / "stats.safetensors"
+    outs = run_ranks(TORCHRUN_WORKER, [str(tiny_hf_dir), str(out), str(corpora["en"]), str(corpora["de"])],
+                     tmp_path)
+    assert "on_main [(0, 2)] still in a group False" in outs[0][0]
+    assert "on_main [] still in a group False" in outs[1][0]
+    with one_thread():
+        single = collect(tiny_hf_model, corpora, seq_len=16, batch_size=2, progress=False)
+    written = ActivationStats.load(out)
+    for got in (written, *(ActivationStats.load(f"{out}.returned{r}") for r in (0, 1))):
+        assert torch.equal(got.counts, single.counts) and torch.equal(got.tokens, single.tokens)
+        torch.testing.assert_close(got.sums, single.sums, rtol=1e-12, atol=1e-12)
+    assert written.meta["world_size"] == 2
+
+
+def test_collect_under_torchrun_single_process(monkeypatch, tmp_path, gated_model):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    rows = torch.randint(0, 64, (5, 8), generator=torch.Generator().manual_seed(0))
+    devices, seen = [], []
+
+    def load(device):
+        devices.append(device)
+        return gated_model
+
+    out = tmp_path / "sub" / "stats.safetensors"
+    stats = collect_under_torchrun(load, {"a": rows}, out, device="cpu", seq_len=8, batch_size=2, progress=False,
+                                   on_main=lambda s, info: seen.append(info))
+    assert devices == [torch.device("cpu")] and seen == [DistInfo(0, 1, 0, False)]
+    assert torch.equal(ActivationStats.load(out).counts, stats.counts)
+    assert torch.equal(stats.counts, collect(gated_model, {"a": rows}, seq_len=8, batch_size=2, progress=False).counts)
+    assert rank_world() == (0, 1)
+
+
+def test_collect_under_torchrun_checks_out_before_loading(tmp_path):
+    def load(device):
+        raise AssertionError("the model must not be loaded when out cannot be written")
+
+    with pytest.raises(TLCultureError) as err:
+        collect_under_torchrun(load, {"a": ["text"]}, tmp_path, device="cpu")
+    assert str(err.value) == f"out {tmp_path} is a folder; give a file name like stats.safetensors"
+    with pytest.raises(TLCultureError) as err:
+        check_writable(tmp_path, flags=True)
+    assert str(err.value) == f"--out {tmp_path} is a folder; give a file name like stats.safetensors"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TLCultureError, match=r"cannot write .*file/stats.safetensors \(.*\); choose another out$"):
+        check_writable(blocker / "stats.safetensors")
 
 
 # --------------------------------------------------------------------------- single-process helpers

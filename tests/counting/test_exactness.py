@@ -106,7 +106,7 @@ def test_default_model_exactness(default_model, tmp_path):
         merged = merged + s
     assert bits_differing(padded, merged) < 1e-5
     # interrupted after 2 batches and resumed: bit-identical, sums included
-    from tl_culture.counting.collect import Counter
+    from tl_culture.counting.counter import Counter
 
     run, seen = Counter.run_batch, []
 

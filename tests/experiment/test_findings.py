@@ -1,6 +1,7 @@
 """A reduced re-run of the culture-neuron experiment (docs/findings.md) on the default model.
 
-Slow (a few minutes on 2 CPU cores): FLORES languages and MUREL cultures for en, de, ru, fa,
+Slow (a few minutes on 2 CPU cores): the FLORES languages and MUREL cultures of
+examples/small_shared_data.toml (the setting of docs/findings.md) for en, de, ru, fa,
 1,500 selection tokens per group, 64 scored held-out tokens per corpus. It checks that the
 headline findings of docs/findings.md hold at this scale, within wide bands:
 
@@ -13,19 +14,23 @@ headline findings of docs/findings.md hold at this scale, within wide bands:
 import pytest
 import torch
 
-from tl_culture.experiment.run import ExperimentConfig, run_experiment
+from tests.conftest import REPO
+from tl_culture.experiment.config import ExperimentConfig
+from tl_culture.experiment.run import run_experiment
 
 pytestmark = pytest.mark.slow
 
 LANGS = ["en", "de", "ru", "fa"]
+SMALL = REPO / "examples" / "small_shared_data.toml"
 
 
 @pytest.fixture(scope="module")
 def reduced_run(default_model, shared_data, tmp_path_factory):
+    small = ExperimentConfig.from_file(SMALL, out=str(tmp_path_factory.mktemp("findings") / "run"))
     cfg = ExperimentConfig(
-        out=str(tmp_path_factory.mktemp("findings") / "run"),
-        languages={k: str(shared_data / "flores" / f"{k}.txt") for k in LANGS},
-        cultures={k: str(shared_data / "murel" / k) for k in LANGS},
+        out=small.out,
+        languages={k: small.languages[k] for k in LANGS},
+        cultures={k: small.cultures[k] for k in LANGS},
         max_tokens=1500,
         eval_tokens=64,
         control_seeds=1,
@@ -37,7 +42,7 @@ def reduced_run(default_model, shared_data, tmp_path_factory):
 
 
 def test_language_ablation_is_specific(reduced_run):
-    m = reduced_run.extra["nll"]["language"]
+    m = reduced_run.nll["language"]
     assert m.groups == LANGS and m.evals == [f"lang:{k}" for k in LANGS]
     own = torch.diagonal(m.delta)
     control = torch.diagonal(m.control_delta)
@@ -60,7 +65,7 @@ def test_neurons_sit_in_upper_layers(reduced_run):
 
 
 def test_pure_culture_effect_is_small(reduced_run):
-    nll = reduced_run.extra["nll"]
+    nll = reduced_run.nll
     pure = torch.diagonal(nll["pure"].delta).mean()
     compound = torch.diagonal(nll["compound"].delta).mean()
     assert float(pure) < 0.5 * float(compound), (nll["pure"].table(), nll["compound"].table())

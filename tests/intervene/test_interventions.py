@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tests.conftest import tiny_model
 
 from tl_culture import ActivationStats, NeuronSet, TLCultureError
 from tl_culture.intervene.interventions import Intervention, ablate, combine, random_like, random_mask, scale, set_to
@@ -15,8 +14,8 @@ L, N = 3, 32
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {"dense": tiny_model(gated=False), "gated": tiny_model(gated=True)}
+def models(tiny_models):
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,16 @@
-"""Steering: greedy/sampled continuations with and without an intervention, and the CLI commands."""
+"""Steering: greedy/sampled continuations with and without an intervention."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import tiny_model
 
 from tl_culture import NeuronSet, TLCultureError, ablate, generate, scale
-from tl_culture.cli import main
 
 
 @pytest.fixture(scope="module")
-def gated():
-    return tiny_model(gated=True)
+def gated(gated_model):
+    return gated_model
 
 
 @pytest.fixture(scope="module")
@@ -82,72 +80,3 @@ def test_generate_errors(gated, neurons):
         generate(gated, "hello", edit)
     with pytest.raises(TLCultureError, match="the prompt has no tokens"):
         generate(gated, torch.tensor([], dtype=torch.long), edit)
-
-
-# --------------------------------------------------------------------------- CLI
-@pytest.fixture(scope="module")
-def cli_files(tmp_path_factory, tiny_hf_dir):
-    from tl_culture import ActivationStats
-
-    d = tmp_path_factory.mktemp("cli")
-    m = torch.zeros(2, 2, 48, dtype=torch.bool)
-    m[0, 1, :8] = True
-    m[1, 1, 8:20] = True
-    NeuronSet(["en", "ru"], m).save(d / "neurons.safetensors")
-    ActivationStats(["en", "ru"], torch.zeros(2, 2, 48, dtype=torch.int64), torch.tensor([2, 2]),
-                    torch.ones(2, 2, 48, dtype=torch.float64)).save(d / "stats.safetensors")
-    (d / "en.txt").write_text("the cat sat on the mat\nthe dog sat\n", encoding="utf-8")
-    (d / "ru.txt").write_text("кошка спит\nсобака спит\n", encoding="utf-8")
-    return d
-
-
-def test_cli_evaluate(cli_files, tiny_hf_dir, capsys):
-    d = cli_files
-    out = d / "nll.json"
-    rc = main(["evaluate", "--model", str(tiny_hf_dir), "--neurons", str(d / "neurons.safetensors"),
-               "--corpus", f"en={d / 'en.txt'}", "--corpus", f"ru={d / 'ru.txt'}", "--out", str(out),
-               "--controls", "2", "--bootstrap", "10", "--seq-len", "8", "--no-progress", "--device", "cpu"])
-    assert rc == 0
-    from tl_culture import NLLMatrix
-
-    m = NLLMatrix.load(out)
-    assert m.groups == ["en", "ru"] and m.evals == ["en", "ru"] and m.meta["control_seeds"] == 2
-    assert "random-neuron control" in capsys.readouterr().out
-
-
-def test_cli_steer(cli_files, tiny_hf_dir, capsys):
-    d = cli_files
-    base = ["steer", "--model", str(tiny_hf_dir), "--neurons", str(d / "neurons.safetensors"), "--group", "ru",
-            "--prompt", "the cat", "--max-new-tokens", "3", "--device", "cpu"]
-    assert main(base + ["--set-mean", str(d / "stats.safetensors")]) == 0
-    out = capsys.readouterr().out
-    assert "prompt: the cat" in out and "set(ru, mean)" in out
-    assert main(base + ["--scale", "3"]) == 0
-    assert "scale(ru, 3)" in capsys.readouterr().out
-
-
-def test_cli_steer_errors(cli_files, tiny_hf_dir, capsys):
-    d = cli_files
-    base = ["steer", "--model", str(tiny_hf_dir), "--neurons", str(d / "neurons.safetensors"), "--prompt", "x"]
-    assert main(base + ["--group", "ru"]) == 2  # needs one of --scale/--set-mean/--set/--ablate
-    assert "one of the arguments --scale --set-mean --set --ablate is required" in capsys.readouterr().err
-    assert main(base + ["--group", "xx", "--ablate"]) == 2
-    assert "unknown group 'xx'; this neuron set has en, ru" in capsys.readouterr().err
-
-
-def test_cli_evaluate_reference_pth_is_sized_to_the_model(cli_files, tiny_hf_dir, capsys):
-    d = cli_files
-    ref = d / "ref.neuron.pth"
-    torch.save([[torch.tensor([1, 2]), torch.tensor([3])], [torch.tensor([], dtype=torch.long), torch.tensor([5])]],
-               ref)  # largest index 5: d_mlp 48 comes from the model, not the file
-    out = d / "ref.json"
-    base = ["evaluate", "--model", str(tiny_hf_dir), "--neurons", str(ref), "--corpus", f"en={d / 'en.txt'}",
-            "--out", str(out), "--controls", "0", "--bootstrap", "0", "--seq-len", "8", "--no-progress",
-            "--allow-overlap"]
-    assert main(base + ["--groups", "a,b"]) == 0
-    from tl_culture import NLLMatrix
-
-    assert NLLMatrix.load(out).groups == ["a", "b"]
-    capsys.readouterr()
-    assert main(base) == 2
-    assert "is a reference file; name its groups with --groups" in capsys.readouterr().err

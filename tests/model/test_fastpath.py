@@ -1,4 +1,7 @@
-"""The native backend of `collect`: a bridge's HF modules without the wrappers, bit-identical to the hooks."""
+"""The bridge fast path (the native backend of `collect`): a bridge's HF modules without the wrappers.
+
+With the bridge's eager attention it counts what the hooks count, bit for bit; with sdpa within rounding.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,15 @@ import pytest
 import torch
 
 from tl_culture import ActivationStats, MLPHooks, TLCultureError, collect
-from tl_culture.model.fastpath import NativeForward, native_problem
+from tl_culture.model.fastpath import (
+    ACT_MODULE_NAMES,
+    NativeForward,
+    act_module,
+    bridge_attention,
+    bridge_fast_path,
+    check_backend,
+    native_problem,
+)
 
 TEXTS = {
     "en": ["the cat sat on the mat", "the dog sat on the cat and the mat", "a cat"],
@@ -38,7 +49,8 @@ def hand_counts(model, rows) -> tuple[torch.Tensor, torch.Tensor]:
 def test_native_equals_hooks_and_hand_counts(tiny_hf_model, pack):
     """Packed rows and right-padded rows (attention mask): native with the bridge's eager attention
     == hooks == run_with_cache counts, bit for bit; the default (sdpa) within rounding."""
-    from tl_culture.data.corpus import as_corpora, encode
+    from tl_culture.data.corpus import as_corpora
+    from tl_culture.data.rows import encode
 
     kw = dict(seq_len=10, batch_size=2, pack=pack, progress=False)
     native = collect(tiny_hf_model, TEXTS, backend="native", attention="eager", **kw)
@@ -249,10 +261,45 @@ def test_error_messages(tiny_hf_model, gated_model):
                 pass
 
 
-def test_counter_refuses_positions_outside_run_batch(tiny_hf_model):
-    from tl_culture.counting.collect import Counter
+def test_bridge_fast_path_swaps_and_restores(tiny_hf_model):
+    root = tiny_hf_model.original_model
+    before, cfg = modules_of(tiny_hf_model), root.config
+    mlp0 = root.model.layers[0]._modules["mlp"]
+    with bridge_fast_path(root, attention="sdpa") as hf:
+        assert hf is root and cfg._attn_implementation == "sdpa"
+        inner = root.model.layers[0]._modules["mlp"]
+        assert inner is mlp0._modules["_original_component"]  # the HF module itself, in the wrapper's slot
+        assert not any("_original_component" in m._modules for m in root.modules())  # no wrapper left inside
+    assert modules_of(tiny_hf_model) == before and cfg._attn_implementation == "eager"
+    with pytest.raises(RuntimeError, match="inside"), bridge_fast_path(root):  # restored on errors too
+        assert cfg._attn_implementation == "eager"  # no attention given: the config is left alone
+        raise RuntimeError("inside")
+    assert modules_of(tiny_hf_model) == before
+    assert bridge_attention(tiny_hf_model) == "eager"
 
-    mlp = MLPHooks.from_model(tiny_hf_model)
-    counter = Counter(tiny_hf_model, mlp, torch.device("cpu"))
-    with pytest.raises(TLCultureError, match="blocks.0.mlp.hook_pre: got 3 positions outside Counter.run_batch"):
-        counter.add(0, torch.zeros(1, 3, mlp.d_mlp))
+
+def test_act_module_names(tiny_hf_model):
+    hf_mlp = tiny_hf_model.blocks[0].mlp.original_component
+    assert act_module(hf_mlp) is hf_mlp.act_fn
+    assert act_module(None) is None and act_module(torch.nn.Linear(2, 2)) is None
+    for name in ACT_MODULE_NAMES:
+        holder = torch.nn.Module()
+        holder.add_module(name, torch.nn.GELU())
+        assert act_module(holder) is getattr(holder, name)
+
+
+@pytest.mark.parametrize("backend, attention, python, flags", [
+    ("fast", None, "unknown backend 'fast'; use one of auto, hooks, native",
+     "--backend must be one of auto, hooks, native, got 'fast'"),
+    ("auto", "flash", "unknown attention 'flash'; use one of eager, sdpa",
+     "--attention must be one of eager, sdpa, got 'flash'"),
+    ("hooks", "sdpa", "attention='sdpa' needs the native backend; drop it or use backend='native'",
+     "--attention sdpa needs the native backend; drop it or use --backend native"),
+])
+def test_check_backend(backend, attention, python, flags):
+    for wording, message in ((False, python), (True, flags)):
+        with pytest.raises(TLCultureError) as err:
+            check_backend(backend, attention, flags=wording)
+        assert str(err.value) == message
+    for ok in [("auto", None), ("auto", "sdpa"), ("native", "sdpa"), ("hooks", "eager"), ("hooks", None)]:
+        check_backend(*ok)

@@ -1,33 +1,71 @@
-"""Integration on the embedded Gemma 3 270M with FLORES-200 (slow: about a minute or two)."""
+"""Loading models: dtypes, errors, the cache folder, and a model's name and device."""
+
+from __future__ import annotations
 
 import pytest
 import torch
 
-from tl_culture import MLPHooks, collect, identify
-
-pytestmark = pytest.mark.slow
-
-LANGS = ["en", "de", "da", "zh", "ru", "fa"]
+from tl_culture import TLCultureError, load_model
+from tl_culture.model.load import cache_dir, model_device, model_name, parse_dtype
 
 
-def test_gemma_statistic_is_act_fn_of_gate(default_model):
-    mlp = MLPHooks.from_model(default_model)
-    assert (mlp.n_layers, mlp.d_mlp, mlp.gated, mlp.act_fn) == (18, 2048, True, "gelu_pytorch_tanh")
-    ids = default_model.tokenizer("Die Katze schläft auf dem Sofa.", return_tensors="pt").input_ids
-    stats = collect(default_model, {"a": ids, "b": ids}, seq_len=ids.shape[1], progress=False)
-    with torch.inference_mode():
-        _, cache = default_model.run_with_cache(ids, names_filter=lambda n: n.endswith("mlp.hook_pre"))
-    want = torch.stack([(torch.nn.functional.gelu(cache[mlp.pre(l)], approximate="tanh") > 0).sum((0, 1))
-                        for l in range(18)])
-    assert torch.equal(stats.counts[0], want)
+@pytest.mark.parametrize("spec, want", [
+    ("float32", torch.float32), ("fp32", torch.float32), ("float", torch.float32),
+    ("bfloat16", torch.bfloat16), ("BF16", torch.bfloat16),
+    ("float16", torch.float16), ("fp16", torch.float16), ("half", torch.float16),
+    (torch.bfloat16, torch.bfloat16), (None, None),
+])
+def test_parse_dtype(spec, want):
+    assert parse_dtype(spec) is want
 
 
-def test_flores_languages_get_neurons(default_model, shared_data):
-    corpora = {lang: shared_data / "flores" / f"{lang}.txt" for lang in LANGS}
-    stats = collect(default_model, corpora, seq_len=256, max_tokens=1000, progress=False)
-    assert stats.tokens.tolist() == [1000] * 6
-    ns = identify(stats)
-    assert ns.meta["n_selected"] == round(18 * 2048 * 0.01) == 369
-    assert ns.count() <= 369
-    assert sum(n > 0 for n in ns.counts().values()) >= 5
-    print(ns.table())
+def test_unknown_dtype_is_refused():
+    with pytest.raises(TLCultureError) as err:
+        parse_dtype("float8")
+    assert str(err.value) == "unknown dtype 'float8'; use one of float32, bfloat16, float16"
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TL_CULTURE_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path
+    monkeypatch.delenv("TL_CULTURE_CACHE")
+    assert cache_dir().parts[-2:] == (".cache", "tl_culture")
+
+
+def test_load_a_local_checkpoint(tiny_hf_dir):
+    model = load_model(str(tiny_hf_dir), device="cpu", dtype="bfloat16")
+    assert not model.training and model.tokenizer is not None
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model_device(model) == torch.device("cpu")
+    assert model_name(model) == str(tiny_hf_dir)
+
+
+def test_missing_folder_and_unloadable_model(tmp_path):
+    with pytest.raises(TLCultureError) as err:
+        load_model(str(tmp_path / "nope"), device="cpu")
+    assert str(err.value) == (
+        f"model folder {tmp_path / 'nope'} does not exist; give a HF checkpoint folder, a hub name or 'default'"
+    )
+    with pytest.raises(TLCultureError, match=r"cannot load model '.*empty': .*; give 'default', a local HF folder"):
+        (tmp_path / "empty").mkdir()
+        load_model(str(tmp_path / "empty"), device="cpu")
+
+
+def test_name_and_device_of_tiny_models(gated_model):
+    assert model_name(gated_model) == "native"  # the TL-native bridge's cfg.model_name
+    assert model_device(gated_model) == torch.device("cpu")
+
+    class Bare:
+        cfg = type("Cfg", (), {"device": "meta"})()
+
+    assert model_name(Bare()) == "Bare"  # no cfg.model_name: the class name
+    assert model_device(Bare()) == torch.device("meta")  # no parameters: cfg.device
+    assert model_device(object()) == torch.device("cpu")
+
+
+@pytest.mark.slow
+def test_default_model_is_the_embedded_gemma(default_model):
+    from tl_culture.model.load import DEFAULT_MODEL_NAME
+
+    assert model_name(default_model) == DEFAULT_MODEL_NAME
+    assert (default_model.cfg.n_layers, default_model.cfg.d_mlp) == (18, 2048)

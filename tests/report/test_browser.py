@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.report.test_write import make_run
+
+from tests.conftest import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

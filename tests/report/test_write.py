@@ -9,50 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from tests.conftest import RUN_CULTURES as CULTURES
+from tests.conftest import make_run
 from tl_culture import NeuronSet, TLCultureError
 from tl_culture.cli import main
 from tl_culture.report import external_references
 from tl_culture.report.html import circuitsvis_library
 from tl_culture.report.write import SECTIONS, load_run, write_report
-
-CULTURES = ["en", "de", "da", "zh", "ru", "fa"]
-EVALS = [f"lang:{c}" for c in CULTURES] + [f"cult:{c}" for c in CULTURES]
-
-
-def make_nll(groups: list[str], seed: int = 0):
-    """An NLLMatrix with CIs and a control; own-text cells get +0.3."""
-    from tl_culture.evaluation.delta import NLLMatrix
-
-    rng = np.random.default_rng(seed)
-    base = rng.uniform(2, 4, len(EVALS))
-    d = rng.uniform(0, 0.05, (len(groups), len(EVALS)))
-    for i, g in enumerate(groups):
-        for j, e in enumerate(EVALS):
-            if e.endswith(":" + g):
-                d[i, j] += 0.3
-    t = torch.as_tensor
-    return NLLMatrix(
-        groups, EVALS, t(base), t(base[None] + d), t([1000 + j for j in range(len(EVALS))]),
-        delta_ci_low=t(d - 0.02), delta_ci_high=t(d + 0.02),
-        control_delta=t(np.full(d.shape, 0.01)), control_ci_low=t(np.zeros(d.shape)),
-        control_ci_high=t(np.full(d.shape, 0.03)),
-    )
-
-
-def make_run(out: Path, model) -> Path:
-    """A real run folder: run_experiment on the tiny HF Llama over the demo corpus, plus Δ NLL files."""
-    from tl_culture.experiment.run import ExperimentConfig, run_experiment
-
-    cfg = ExperimentConfig(out=str(out), seq_len=64, batch_size=8, max_tokens=600, top_rate=0.1, progress=False,
-                           evaluate=False)
-    run_experiment(cfg, model=model)
-    (out / "nll").mkdir()
-    for cat in ("language", "culture", "compound", "pure"):
-        make_nll(CULTURES, seed=len(cat)).save(out / "nll" / f"{cat}.json")
-    make_nll(["generic"], seed=9).save(out / "nll" / "generic.json")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +60,7 @@ def test_report_is_offline(report):
 def test_report_shows_the_run_numbers(report, run_dir):
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     text = _text(report)
-    cats = load_run(run_dir)["categories"]
+    cats = load_run(run_dir).categories
     assert "seq_len 64" in text and "top_rate 0.1" in text and "max_tokens 600" in text
     for c in CULTURES:
         assert f"{c} {c} " in text  # neuron table rows: culture, language, counts
@@ -108,7 +72,7 @@ def test_report_shows_the_run_numbers(report, run_dir):
     assert f"{summary['tokens_culture']['de']:,}" in text
     assert "statistics counted with backend native, attention sdpa, dtype float32" in text
     # Δ NLL: every cell of every matrix, formatted, and the diagonal marked
-    from tl_culture.evaluation.delta import NLLMatrix
+    from tl_culture.evaluation.matrix import NLLMatrix
 
     m = NLLMatrix.load(run_dir / "nll" / "culture.json")
     for i in range(len(m.groups)):
@@ -121,11 +85,15 @@ def test_report_shows_the_run_numbers(report, run_dir):
     assert f"Ablating culture neurons: mean Δ NLL on own text {own:+.3f}" in text
 
 
-def test_report_token_views(report, tiny_hf_model):
+def test_report_token_views(report, run_dir, tiny_hf_model):
     assert report.count("CircuitsVis.ColoredTokensMulti,") == 6  # one held-out text per culture
     calls = re.findall(r"CircuitsVis\.ColoredTokensMulti, (\{.*?\})\);</script>", report)
     assert [json.loads(c.replace("<\\/", "</"))["labels"][:2] for c in calls] == [
         [f"language:{c}", f"culture:{c}"] for c in CULTURES]
+    samples = json.loads((run_dir / "samples.json").read_text(encoding="utf-8"))["cultures"]
+    # (the last of the 24 tokens may end inside a character, shown as U+FFFD)
+    shown = ["".join(json.loads(c.replace("<\\/", "</"))["tokens"]).rstrip("\ufffd") for c in calls]
+    assert all(samples[c][0].startswith(text) and text for c, text in zip(CULTURES, shown, strict=True))
     assert "CircuitsVis.TopkTokens" in report
     assert "language:en" in report and "culture:fa" in report
     assert "Token views need a model" not in report
@@ -142,6 +110,18 @@ def test_report_without_model_or_nll_says_so(run_dir, tmp_path):
     assert "CircuitsVis" not in html and external_references(html) == []
     assert not (bare / "figures" / "delta_nll_culture.png").exists()
     assert (bare / "figures" / "layers.svg").is_file()
+
+
+def test_report_of_a_run_folder_without_samples(run_dir, tmp_path, tiny_hf_model):
+    """A run folder written before samples.json existed: everything but the held-out token views."""
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    shutil.rmtree(old / "nll")
+    (old / "samples.json").unlink()
+    html = write_report(old, model=tiny_hf_model).read_text(encoding="utf-8")
+    assert "no held-out samples (<code>samples.json</code>" in html
+    assert "CircuitsVis" not in html and external_references(html) == []
+    assert all(f'id="{key}"' in html for key in SECTIONS)
 
 
 def test_report_with_given_texts(run_dir, tmp_path, tiny_hf_model):
@@ -197,14 +177,15 @@ def test_report_errors(run_dir, tmp_path):
 
 def test_load_run_reads_the_contract(run_dir):
     run = load_run(run_dir)
-    assert list(run["nll"]) == ["language", "culture", "compound", "pure", "generic"]
-    assert run["categories"]["generic"].groups == ["generic"]
-    assert run["stats_culture"].groups == CULTURES
+    assert list(run.nll) == ["language", "culture", "compound", "pure", "generic"]
+    assert run.categories["generic"].groups == ["generic"]
+    assert run.stats_culture.groups == CULTURES
 
 
 @pytest.mark.slow
 def test_report_on_the_default_model(tmp_path, default_model):
-    from tl_culture.experiment.run import ExperimentConfig, run_experiment
+    from tl_culture.experiment.config import ExperimentConfig
+    from tl_culture.experiment.run import run_experiment
     from tl_culture.report import token_activations
 
     out = tmp_path / "gemma"
@@ -227,8 +208,9 @@ def test_report_on_the_default_model(tmp_path, default_model):
 
 def test_report_of_a_run_with_the_real_evaluation_stage(tmp_path, tiny_hf_model):
     """The nll/ files written by run_experiment's own evaluation stage go into the report as they are."""
-    from tl_culture.evaluation.delta import NLLMatrix
-    from tl_culture.experiment.run import ExperimentConfig, run_experiment
+    from tl_culture.evaluation.matrix import NLLMatrix
+    from tl_culture.experiment.config import ExperimentConfig
+    from tl_culture.experiment.run import run_experiment
 
     out = tmp_path / "evaluated"
     cfg = ExperimentConfig(out=str(out), seq_len=64, batch_size=8, max_tokens=300, top_rate=0.1, progress=False,

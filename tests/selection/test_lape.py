@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tl_culture import ActivationStats, TLCultureError, identify
-from tl_culture.selection.lape import lape_entropy
+from tl_culture.selection.lape import ACTIVATION_BAR_RATIO, FILTER_RATE, TOP_RATE, lape_entropy
 
 
 def naive_lape(counts, tokens, top_rate, filter_rate, bar_ratio):
-    """DESIGN.md §1.2 written out with Python loops and sorted lists, no torch ops."""
+    """The LAPE formula of docs/method.md written out with Python loops and sorted lists, no torch ops."""
     G, L, N = len(counts), len(counts[0]), len(counts[0][0])
     P = [[[counts[k][l][j] / tokens[k] for j in range(N)] for l in range(L)] for k in range(G)]
     flat = sorted(P[k][l][j] for k in range(G) for l in range(L) for j in range(N))
@@ -97,3 +97,12 @@ def test_needs_two_groups_and_tokens():
         identify(ActivationStats(["a"], torch.ones(1, 1, 4, dtype=torch.long), torch.tensor([3])))
     with pytest.raises(TLCultureError, match=r"\['b'\] have no tokens"):
         identify(ActivationStats(["a", "b"], torch.zeros(2, 1, 4, dtype=torch.long), torch.tensor([3, 0])))
+
+
+def test_defaults_are_the_published_constants():
+    assert (TOP_RATE, FILTER_RATE, ACTIVATION_BAR_RATIO) == (0.01, 0.95, 0.95)
+    g = torch.Generator().manual_seed(0)
+    stats = ActivationStats(["a", "b"], torch.randint(0, 50, (2, 2, 100), generator=g), torch.tensor([50, 50]))
+    ns = identify(stats)
+    assert (ns.meta["top_rate"], ns.meta["filter_rate"], ns.meta["activation_bar_ratio"]) == (0.01, 0.95, 0.95)
+    assert ns == identify(stats, top_rate=0.01, filter_rate=0.95, activation_bar_ratio=0.95)

@@ -53,6 +53,19 @@ def test_culture_categories_by_hand():
         culture_categories(lang2, cult2)
 
 
+def test_culture_categories_leave_their_arguments_alone():
+    lang = NeuronSet(["en"], torch.tensor([[[1, 1, 0]]], dtype=torch.bool), {"source": "lang"})
+    cult = NeuronSet(["english"], torch.tensor([[[0, 1, 1]]], dtype=torch.bool), {"source": "cult"})
+    masks = lang.masks.clone(), cult.masks.clone()
+    cats = culture_categories(lang, cult, {"english": "en"})
+    assert lang.meta == {"source": "lang"} and cult.meta == {"source": "cult"}
+    assert torch.equal(lang.masks, masks[0]) and torch.equal(cult.masks, masks[1])
+    assert {name: ns.meta["category"] for name, ns in cats.items()} == {n: n for n in cats}
+    assert cats["culture"] is not cult and cats["culture"] == cult and cats["culture"].meta["source"] == "cult"
+    cats["culture"].masks[0, 0, 0] = True  # the results do not share masks with the arguments
+    assert not cult.masks[0, 0, 0]
+
+
 def test_save_load_round_trip(tmp_path):
     a = NeuronSet(["x", "y"], torch.rand(2, 3, 7) > 0.5, {"note": "hi"})
     a.save(tmp_path / "n.safetensors")

@@ -1,11 +1,11 @@
-"""Argument helpers shared by the subcommands."""
+"""Value parsers and file helpers shared by the subcommands."""
 
 from __future__ import annotations
 
 import argparse
 
 from tl_culture.errors import TLCultureError
-from tl_culture.model.fastpath import ATTENTIONS, BACKENDS
+from tl_culture.selection.neurons import NeuronSet
 
 
 def name_eq_value(text: str, what: str = "NAME=PATH") -> tuple[str, str]:
@@ -38,11 +38,24 @@ def _int_at_least(text: str, low: int, what: str) -> int:
 
 
 def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     return _int_at_least(text, 1, "a positive whole number")
 
 
 def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0."""
     return _int_at_least(text, 0, "0 or more")
+
+
+def unit_rate(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {v}")
+    return v
 
 
 def group_list(text: str | None) -> list[str] | None:
@@ -55,11 +68,9 @@ def is_reference(path: str) -> bool:
     return str(path).endswith((".pth", ".pt"))
 
 
-def load_neurons(path: str, groups: list[str] | None = None, model=None):
+def load_neurons(path: str, groups: list[str] | None = None, model=None) -> NeuronSet:
     """Our NeuronSet file, or a reference ``.pth`` file (its groups named by ``groups``), sized to
     ``model`` when given."""
-    from tl_culture import NeuronSet
-
     if not is_reference(path):
         return NeuronSet.load(path)
     if not groups:
@@ -69,30 +80,20 @@ def load_neurons(path: str, groups: list[str] | None = None, model=None):
     return NeuronSet.load_reference(path, groups, n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp)
 
 
-def unit_rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {v}")
-    return v
+def add_neuron_file_args(p: argparse.ArgumentParser, groups_help: str) -> None:
+    """``--neurons FILE`` and ``--groups`` of the commands that apply a neuron set."""
+    p.add_argument("--neurons", required=True, help="neuron-set file (ours, or a reference .pth with --groups)")
+    p.add_argument("--groups", default=None, help=groups_help)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="'default' (embedded Gemma 3 270M), a HF folder or hub name")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
-
-
-def add_collect_args(p: argparse.ArgumentParser, seq_len: int = 512) -> None:
-    p.add_argument("--seq-len", type=positive_int, default=seq_len, help=f"tokens per row (default {seq_len})")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per forward (default 8)")
-    p.add_argument("--max-tokens", type=positive_int, default=None, help="cap on tokens per group")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="hooks: TransformerLens hooks; native: the bridge's HF modules without its wrappers "
-                   "(faster, same counts); auto (default): native when no TL hooks are attached and it checks out")
-    p.add_argument("--attention", choices=ATTENTIONS, default=None,
-                   help="attention of the native backend (default: sdpa where the model supports it); "
-                   "eager makes counts bit-identical to the hooks backend")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+__all__ = [
+    "add_neuron_file_args",
+    "group_list",
+    "is_reference",
+    "load_neurons",
+    "name_eq_value",
+    "non_negative_int",
+    "pairs_to_dict",
+    "positive_int",
+    "unit_rate",
+]

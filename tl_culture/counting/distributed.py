@@ -11,16 +11,25 @@ with the same ``batch_size``; float64 sums differ only by the order of the addit
 error about 1e-16 per addition).
 
 Backends: ``nccl`` when the ranks run on CUDA devices (rank ``LOCAL_RANK`` uses
-``cuda:LOCAL_RANK``), ``gloo`` on CPU.
+``cuda:LOCAL_RANK``), ``gloo`` on CPU. `collect_under_torchrun` is the whole job of one process
+(join, load, collect, rank 0 writes, leave); `init_distributed` and `close_distributed` are its
+first and last steps, for scripts that do more in between. The collectives themselves are in
+`tl_culture.counting.ranks`.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from tl_culture.counting.collect import collect
+from tl_culture.counting.stats import ActivationStats
 from tl_culture.errors import TLCultureError
 
 
@@ -57,15 +66,6 @@ def _env_int(name: str, default: int) -> int:
         raise TLCultureError(
             f"environment variable {name}={value!r} is not a whole number; launch with torchrun"
         ) from None
-
-
-def rank_world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the initialised process group, or ``(0, 1)`` without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def resolve_device(device: str | torch.device | None, local_rank: int = 0, distributed: bool = False) -> torch.device:
@@ -143,47 +143,78 @@ def close_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def reduce_device(default: torch.device) -> torch.device:
-    """Where tensors must live for ``all_reduce``: CUDA under nccl, else the CPU."""
-    import torch.distributed as dist
+def check_writable(out: str | os.PathLike, flags: bool = False) -> None:
+    """Raise `TLCultureError` if a file cannot be written at ``out`` (checked with a probe file that
+    is removed again), so that a long run fails before it starts, not after.
 
-    backend = str(dist.get_backend()).lower()
-    if "nccl" in backend and "gloo" not in backend:
-        return default if default.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_reduce_sum(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
-    """Sum each tensor over the ranks; returns CPU tensors (``None`` entries pass through)."""
-    import torch.distributed as dist
-
-    where = reduce_device(device)
-    out: list[torch.Tensor | None] = []
-    for t in tensors:
-        if t is None:
-            out.append(None)
-            continue
-        x = t.to(where).contiguous()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        out.append(x.cpu())
-    return out
+    ``flags`` words the message for the command line (``--out``).
+    """
+    path, name = Path(out), "--out" if flags else "out"
+    if path.is_dir():
+        raise TLCultureError(f"{name} {out} is a folder; give a file name like stats.safetensors")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise TLCultureError(f"cannot write {out} ({why}); choose another {name}") from None
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is True on at least one (a collective: every rank must call it)."""
-    import torch.distributed as dist
+def collect_under_torchrun(
+    load_model: Callable[[torch.device], Any],
+    corpora: Mapping[str, Any],
+    out: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    on_main: Callable[[ActivationStats, DistInfo], None] | None = None,
+    flags: bool = False,
+    **collect_kwargs: Any,
+) -> ActivationStats:
+    """`collect` as one process of a ``torchrun`` job, or as a single process without one.
 
-    x = torch.tensor([1 if flag else 0], dtype=torch.int64, device=reduce_device(device))
-    dist.all_reduce(x, op=dist.ReduceOp.MAX)
-    return bool(x.item())
+    Joins the job described by torchrun's environment (`init_distributed`), checks on rank 0 that
+    ``out`` can be written, loads the model on this rank's device (`resolve_device`: ``cuda``
+    becomes ``cuda:LOCAL_RANK``), collects this rank's share of the batches, writes ``out`` on
+    rank 0 only, and leaves the process group (`close_distributed`), also on errors. Progress bars
+    show on rank 0 only.
+
+    Args:
+        load_model: ``device -> model``, e.g. ``lambda d: tl_culture.load_model("default", device=d)``.
+        corpora: group name -> corpus-like, as for `collect`; every rank reads all of them.
+        out: where rank 0 saves the statistics (None: not saved).
+        device: ``cpu``, ``cuda`` or ``cuda:N``; default CUDA when available, else CPU.
+        on_main: called on rank 0 with the statistics and the job's `DistInfo` after ``out`` is
+            written (e.g. to report it).
+        flags: word errors about ``out`` for the command line (``--out``).
+        **collect_kwargs: the other settings of `collect` (``seq_len``, ``batch_size``, ...).
+
+    Returns:
+        The statistics summed over all ranks (every rank returns them).
+    """
+    info = init_distributed(device=device)
+    try:
+        if info.is_main and out is not None:
+            check_writable(out, flags=flags)
+        dev = resolve_device(device, info.local_rank, distributed=info.world_size > 1)
+        model = load_model(dev)
+        progress = collect_kwargs.pop("progress", True) and info.is_main
+        stats = collect(model, corpora, progress=progress, **collect_kwargs)
+        if info.is_main:  # every rank holds the reduced totals; one writes them
+            if out is not None:
+                stats.save(out)
+            if on_main is not None:
+                on_main(stats, info)
+        return stats
+    finally:
+        close_distributed(info)
 
 
 __all__ = [
     "DistInfo",
-    "all_reduce_sum",
-    "any_rank",
+    "check_writable",
     "close_distributed",
+    "collect_under_torchrun",
     "init_distributed",
-    "rank_world",
     "resolve_device",
 ]

@@ -1,4 +1,10 @@
-"""`ExperimentConfig`: every setting of a culture-neuron experiment, its defaults and validation."""
+"""`ExperimentConfig`: every setting of a culture-neuron experiment, its default, help and validation.
+
+This class is the one home of the settings of `tl-culture run`: the command line's flags, defaults
+and help are generated from its fields (`tl_culture.cli._options`). A field's ``metadata`` holds
+its command-line help and, where they differ from the plain field, its flag (``flag``), value
+check (``check``: ``"positive"``, ``"count"`` or ``"rate"``), ``choices`` and ``metavar``.
+"""
 
 from __future__ import annotations
 
@@ -10,72 +16,111 @@ from typing import Any
 
 from tl_culture.data.corpus import Corpus, demo_corpora, load_corpus
 from tl_culture.errors import TLCultureError
-from tl_culture.model.fastpath import ATTENTIONS, BACKENDS
+from tl_culture.evaluation.delta import EVAL_MODES
+from tl_culture.model.fastpath import ATTENTIONS, BACKENDS, check_backend
+from tl_culture.model.load import DEFAULT_MODEL
+from tl_culture.selection.lape import ACTIVATION_BAR_RATIO, FILTER_RATE, TOP_RATE
 
 CATEGORIES = ("language", "culture", "compound", "pure", "generic")
+#: The fields that say which model to load and where (`load_model`'s settings).
+MODEL_FIELDS = ("model", "device", "dtype")
+#: The fields that are settings of `tl_culture.counting.collect.collect`, under the same names.
+COLLECT_FIELDS = ("seq_len", "batch_size", "max_tokens", "backend", "attention", "progress")
+#: The two sides of an experiment; ``max_tokens`` and ``max_documents`` have a per-side setting each.
+SIDES = ("language", "culture")
+
+
+def _opt(help: str, **more: Any) -> dict[str, Any]:
+    """Field metadata: the command-line help and (optionally) flag, check, choices, metavar."""
+    return {"help": help, **more}
+
+
+def _corpora(flag: str, help: str, metavar: str = "NAME=PATH") -> Any:
+    return field(default_factory=dict, metadata=_opt(help, flag=flag, metavar=metavar))
 
 
 @dataclass
 class ExperimentConfig:
-    """Settings of one culture-neuron experiment.
+    """Settings of one culture-neuron experiment; each field's ``metadata["help"]`` says what it does.
 
-    Attributes:
-        out: output folder (replaced atomically at the end).
-        model: model spec for `load_model` (``"default"`` = embedded Gemma 3 270M).
-        languages: language name -> corpus spec; empty = the demo corpus.
-        cultures: culture name -> corpus spec; empty = the demo corpus.
-        pairs: culture -> language, where the names differ.
-        seq_len, batch_size, max_tokens: collection settings (``max_tokens`` per group).
-        eval_fraction: share of each corpus's documents held out for evaluation.
-        top_rate, filter_rate, activation_bar_ratio: LAPE constants.
-        seed: seed of the held-out split and of the controls.
-        device, dtype: where and how to run the model.
-        backend, attention: how `collect` runs the model (see `tl_culture.stats.collect`).
-        evaluate: run the Δ NLL evaluation stage (``nll/{category}.json``).
-        eval_tokens: scored held-out tokens per eval corpus (the 262k-vocab unembedding is the cost).
-        eval_batch_size: rows per evaluation forward (memory ≈ rows × seq_len × d_vocab × 4 bytes).
-        control_seeds: random-neuron control seeds per group (0 = none).
-        bootstrap: bootstrap resamples for the 95 % CIs (0 = none).
-        eval_mode: ``"matched"`` (language sets on language held-out text, culture-side sets on
-            culture held-out text) or ``"all"`` (every set on every held-out corpus).
-        max_documents: keep at most this many documents per corpus (required for streamed
-            ``hf:`` corpora).
-        stability: also select on two disjoint halves of every selection corpus and save the
-            per-group Jaccard of the two sets (``stability.json``; doubles the collection cost).
-        report: write ``report.html`` with figures and token views at the end (needs the ``viz``
-            extra; skipped with a warning when matplotlib or circuitsvis is missing).
+    ``languages`` and ``cultures`` map group names to corpus specs (`load_corpus`); both empty
+    means the demo corpus. ``pairs`` maps a culture to its language where the names differ.
+    ``eval_mode`` ``"matched"`` scores language sets on the languages' held-out text and the
+    culture-side sets on the cultures'; ``"all"`` scores every set on every held-out corpus.
+    Evaluation memory is about ``eval_batch_size × seq_len × d_vocab × 4`` bytes of logits.
     """
 
-    out: str
-    model: str = "default"
-    languages: dict[str, str] = field(default_factory=dict)
-    cultures: dict[str, str] = field(default_factory=dict)
-    pairs: dict[str, str] = field(default_factory=dict)
-    seq_len: int = 256
-    batch_size: int = 8
-    max_tokens: int | None = None
-    eval_fraction: float = 0.15
-    top_rate: float = 0.01
-    filter_rate: float = 0.95
-    activation_bar_ratio: float = 0.95
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
-    backend: str = "auto"
-    attention: str | None = None
-    progress: bool = True
-    evaluate: bool = True
-    eval_tokens: int | None = 128
-    eval_batch_size: int = 4
-    control_seeds: int = 1
-    bootstrap: int = 1000
-    eval_mode: str = "matched"
-    max_documents: int | None = None
-    stability: bool = False
-    report: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    out: str = field(default="runs/demo", metadata=_opt("output folder (replaced as a whole at the end)"))
+    model: str = field(default=DEFAULT_MODEL, metadata=_opt(
+        f"'{DEFAULT_MODEL}' (the embedded Gemma 3 270M), a HF checkpoint folder or a hub name"))
+    languages: dict[str, str] = _corpora("--language", "a language corpus (repeat)")
+    cultures: dict[str, str] = _corpora("--culture", "a culture corpus (repeat)")
+    pairs: dict[str, str] = _corpora(
+        "--pair", "pair a culture with a language of another name (repeat)", "CULTURE=LANGUAGE")
+    seq_len: int = field(default=256, metadata=_opt("tokens per row, BOS included", check="positive"))
+    batch_size: int = field(default=8, metadata=_opt("rows per counting forward", check="positive"))
+    max_tokens: int | None = field(default=None, metadata=_opt(
+        "cap on the counted tokens per group (default: every token)", check="positive"))
+    max_documents: int | None = field(default=None, metadata=_opt(
+        "keep at most this many documents per corpus (required for streamed hf: corpora)", check="positive"))
+    max_tokens_language: int | None = field(default=None, metadata=_opt(
+        "cap on the counted tokens per language group (default: --max-tokens)", check="positive"))
+    max_tokens_culture: int | None = field(default=None, metadata=_opt(
+        "cap on the counted tokens per culture group (default: --max-tokens)", check="positive"))
+    max_documents_language: int | None = field(default=None, metadata=_opt(
+        "keep at most this many documents per language corpus (default: --max-documents)", check="positive"))
+    max_documents_culture: int | None = field(default=None, metadata=_opt(
+        "keep at most this many documents per culture corpus (default: --max-documents)", check="positive"))
+    eval_fraction: float = field(default=0.15, metadata=_opt(
+        "share of each corpus's documents held out for evaluation", check="rate"))
+    top_rate: float = field(default=TOP_RATE, metadata=_opt("LAPE: share of all neurons selected", check="rate"))
+    filter_rate: float = field(default=FILTER_RATE, metadata=_opt(
+        "LAPE: a candidate has some group's P above this quantile of all P", check="rate"))
+    activation_bar_ratio: float = field(default=ACTIVATION_BAR_RATIO, metadata=_opt(
+        "LAPE: a neuron belongs to every group whose P is above this quantile of all P",
+        flag="--bar-ratio", check="rate"))
+    seed: int = field(default=0, metadata=_opt("seed of the held-out split, the controls and the bootstrap"))
+    device: str | None = field(default=None, metadata=_opt(
+        "cpu, cuda, cuda:1, ... (default: cuda if available)"))
+    dtype: str | None = field(default=None, metadata=_opt("float32 (default), bfloat16, float16"))
+    backend: str = field(default="auto", metadata=_opt(
+        "how counting runs the model. hooks: TransformerLens hooks; native: the bridge's HF modules without "
+        "its wrappers (faster, same counts); auto: native when no TransformerLens hooks are attached and it "
+        "checks out", choices=BACKENDS))
+    attention: str | None = field(default=None, metadata=_opt(
+        "attention of the native backend (default: sdpa where the model supports it); eager makes the counts "
+        "bit-identical to the hooks backend", choices=ATTENTIONS))
+    progress: bool = field(default=True, metadata=_opt("hide the progress bars", flag="--no-progress"))
+    evaluate: bool = field(default=True, metadata=_opt(
+        "skip the Δ NLL evaluation stage (nll/{category}.json)", flag="--no-eval"))
+    eval_tokens: int | None = field(default=128, metadata=_opt(
+        "scored held-out tokens per eval corpus; null in a JSON config scores every token", check="positive"))
+    eval_batch_size: int = field(default=4, metadata=_opt("rows per evaluation forward", check="positive"))
+    control_seeds: int = field(default=1, metadata=_opt(
+        "random-neuron control seeds per group (0 = none)", flag="--controls", check="count"))
+    bootstrap: int = field(default=1000, metadata=_opt(
+        "bootstrap resamples for the 95 % CIs (0 = none)", check="count"))
+    eval_mode: str = field(default="matched", metadata=_opt(
+        "matched: language sets on language text, culture-side sets on culture text; all: every set on "
+        "every text", choices=EVAL_MODES))
+    stability: bool = field(default=False, metadata=_opt(
+        "also select on two disjoint halves of every selection corpus and save the per-group Jaccard "
+        "(stability.json; doubles the counting)"))
+    report: bool = field(default=True, metadata=_opt(
+        "skip report.html (figures, tables, token views; needs the viz extra)", flag="--no-report"))
 
     def __post_init__(self) -> None:
+        self._check_numbers()
+        check_backend(self.backend, self.attention, flags=True)
+        if self.eval_mode not in EVAL_MODES:
+            raise TLCultureError(f"--eval-mode must be {' or '.join(EVAL_MODES)}, got {self.eval_mode!r}")
+        if bool(self.languages) != bool(self.cultures):
+            raise TLCultureError("give both --language and --culture corpora, or neither for the demo corpus")
+        unknown = [c for c in self.pairs if c not in self.cultures]
+        if unknown:
+            raise TLCultureError(f"--pair names unknown cultures {unknown}; cultures are {list(self.cultures)}")
+
+    def _check_numbers(self) -> None:
         if self.seq_len < 2:
             raise TLCultureError(f"--seq-len must be at least 2, got {self.seq_len}")
         if self.batch_size < 1:
@@ -92,84 +137,103 @@ class ExperimentConfig:
             raise TLCultureError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
         if self.control_seeds < 0 or self.bootstrap < 0:
             raise TLCultureError("--controls and --bootstrap must be 0 or more")
-        if self.backend not in BACKENDS:
-            raise TLCultureError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.attention is not None and self.attention not in ATTENTIONS:
-            raise TLCultureError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
-        if self.attention == "sdpa" and self.backend == "hooks":
-            raise TLCultureError("--attention sdpa needs the native backend; drop it or use --backend native")
-        if self.eval_mode not in ("matched", "all"):
-            raise TLCultureError(f"--eval-mode must be matched or all, got {self.eval_mode!r}")
         if self.max_documents is not None and self.max_documents < 1:
             raise TLCultureError(f"max_documents must be positive, got {self.max_documents}")
-        if bool(self.languages) != bool(self.cultures):
-            raise TLCultureError("give both --language and --culture corpora, or neither for the demo corpus")
-        unknown = [c for c in self.pairs if c not in self.cultures]
-        if unknown:
-            raise TLCultureError(f"--pair names unknown cultures {unknown}; cultures are {list(self.cultures)}")
+        for name in (f"{cap}_{side}" for cap in ("max_tokens", "max_documents") for side in SIDES):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise TLCultureError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
-    def collect_kwargs(self) -> dict[str, Any]:
-        """The `collect` settings of this experiment."""
-        return dict(
-            seq_len=self.seq_len,
-            batch_size=self.batch_size,
-            max_tokens=self.max_tokens,
-            progress=self.progress,
-            backend=self.backend,
-            attention=self.attention,
-        )
+    def cap(self, name: str, side: str) -> int | None:
+        """``max_tokens`` or ``max_documents`` (``name``) of one side: the side's own setting, else the shared one.
+
+        Args:
+            name: ``"max_tokens"`` or ``"max_documents"``.
+            side: ``"language"`` or ``"culture"`` (`SIDES`).
+        """
+        own = getattr(self, f"{name}_{side}")
+        return own if own is not None else getattr(self, name)
+
+    def collect_kwargs(self, side: str | None = None) -> dict[str, Any]:
+        """The `collect` settings of this experiment; with ``side``, that side's ``max_tokens``."""
+        kw = {name: getattr(self, name) for name in COLLECT_FIELDS}
+        if side is not None:
+            kw["max_tokens"] = self.cap("max_tokens", side)
+        return kw
+
+    def corpus_specs(self, side: str) -> dict[str, str]:
+        """The corpus specs of one side (``languages`` or ``cultures``).
+
+        Raises:
+            TLCultureError: a streamed ``hf:`` corpus of that side has no document cap.
+        """
+        specs = self.languages if side == "language" else self.cultures
+        for name, spec in specs.items():
+            if str(spec).startswith("hf:") and self.cap("max_documents", side) is None:
+                raise TLCultureError(
+                    f"corpus {name!r} streams {spec}; set max_documents (--max-documents or "
+                    f"--max-documents-{side}) to bound it"
+                )
+        return dict(specs)
 
     def load_corpora(self) -> tuple[dict[str, Corpus], dict[str, Corpus]]:
         """(languages, cultures) as named corpora."""
         if not self.languages:
             return demo_corpora()
-        return self._load(self.languages), self._load(self.cultures)
+        specs = {side: self.corpus_specs(side) for side in SIDES}  # both sides checked before any is read
+        return self._load("language", specs["language"]), self._load("culture", specs["culture"])
 
-    def _load(self, specs: dict[str, str]) -> dict[str, Corpus]:
-        for name, spec in specs.items():
-            if str(spec).startswith("hf:") and self.max_documents is None:
-                raise TLCultureError(f"corpus {name!r} streams {spec}; set max_documents (--max-documents) to bound it")
-        return {k: load_corpus(v, name=k, max_documents=self.max_documents) for k, v in specs.items()}
+    def _load(self, side: str, specs: dict[str, str]) -> dict[str, Corpus]:
+        n = self.cap("max_documents", side)
+        return {k: load_corpus(v, name=k, max_documents=n) for k, v in specs.items()}
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides: Any) -> ExperimentConfig:
-        """Read a TOML or JSON config; ``overrides`` (e.g. from the CLI) win over the file.
+        """Read a TOML or JSON config; ``overrides`` that are not None (e.g. from the CLI) win over the file.
 
-        Relative corpus and model paths are taken relative to the config file's folder, so a
-        config works from any working directory. Keys are the field names of this class; the
-        tables ``languages``, ``cultures`` and ``pairs`` map names to corpus specs.
+        Keys are the field names of this class; the tables ``languages``, ``cultures`` and
+        ``pairs`` map names to corpus specs. Relative corpus and model paths are taken relative to
+        the config file's folder, so a config works from any working directory. The file or the
+        overrides must give ``out``.
         """
         p = Path(path).expanduser()
-        if not p.is_file():
-            raise TLCultureError(f"config {p} does not exist; check the path")
-        try:
-            if p.suffix.lower() == ".json":
-                data = json.loads(p.read_text(encoding="utf-8"))
-            else:
-                import tomllib
-
-                data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise TLCultureError(f"config {p} is not valid {p.suffix.lstrip('.') or 'TOML'}: {first}") from None
+        data = _read(p)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise TLCultureError(f"config {p}: unknown keys {unknown}; known keys are {sorted(known - {'extra'})}")
-
-        def resolve(spec: Any) -> Any:
-            text = str(spec)
-            if text.startswith("hf:") or text == "default" or Path(text).expanduser().is_absolute():
-                return spec
-            local = p.parent / text
-            return os.path.normpath(local) if local.exists() or text.startswith(".") else spec
-
+            raise TLCultureError(f"config {p}: unknown keys {unknown}; known keys are {sorted(known)}")
         for table in ("languages", "cultures"):
             if table in data:
-                data[table] = {str(k): resolve(v) for k, v in dict(data[table]).items()}
+                data[table] = {str(k): _resolve(v, p.parent) for k, v in dict(data[table]).items()}
         if "model" in data:
-            data["model"] = resolve(data["model"])
+            data["model"] = _resolve(data["model"], p.parent)
         merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
         if "out" not in merged:
             raise TLCultureError(f"config {p} has no 'out'; give --out")
         return cls(**merged)
+
+
+def _read(p: Path) -> dict[str, Any]:
+    """The table of a TOML (or, by suffix, JSON) config file; one-line errors."""
+    if not p.is_file():
+        raise TLCultureError(f"config {p} does not exist; check the path")
+    try:
+        if p.suffix.lower() == ".json":
+            return json.loads(p.read_text(encoding="utf-8"))
+        import tomllib
+
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TLCultureError(f"config {p} is not valid {p.suffix.lstrip('.') or 'TOML'}: {first}") from None
+
+
+def _resolve(spec: Any, folder: Path) -> Any:
+    """A corpus or model spec of a config file, a relative path taken relative to ``folder``."""
+    text = str(spec)
+    if text.startswith("hf:") or text == DEFAULT_MODEL or Path(text).expanduser().is_absolute():
+        return spec
+    local = folder / text
+    return os.path.normpath(local) if local.exists() or text.startswith(".") else spec
+
+
+__all__ = ["CATEGORIES", "COLLECT_FIELDS", "MODEL_FIELDS", "SIDES", "ExperimentConfig"]

@@ -1,1 +1,1 @@
-"""Stage 4, interventions: edits of selected neurons as TransformerLens hooks, and steered generation."""
+"""Stage 5, interventions: edits of selected neurons as TransformerLens hooks, and steered generation."""

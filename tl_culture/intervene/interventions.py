@@ -1,6 +1,6 @@
 """Interventions on MLP neurons as composable TransformerLens hooks.
 
-An `Intervention` edits ``a = act_fn(gate)`` of chosen neurons (DESIGN.md §1.4). Every edit is an
+An `Intervention` edits ``a = act_fn(gate)`` of chosen neurons (docs/method.md). Every edit is an
 affine map of ``a``, so a sequence of edits folds into one per-neuron map ``a -> mul * a + add``:
 
     ablate        mul = 0,       add = 0
@@ -38,8 +38,10 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
+from tl_culture.counting.stats import ActivationStats
 from tl_culture.errors import TLCultureError
-from tl_culture.model.load import MLPHooks, model_device
+from tl_culture.model.hooks import MLPHooks
+from tl_culture.model.load import model_device
 from tl_culture.selection.neurons import NeuronSet
 
 KINDS = ("ablate", "scale", "set")
@@ -267,8 +269,6 @@ def set_to(neurons: NeuronSet, group: str, values: Any) -> Intervention:
             neurons), e.g. ``stats.mean_activation()[stats.index("fa")]``, or an `ActivationStats`
             with sums, whose mean activation on ``group`` is used.
     """
-    from tl_culture.counting.collect import ActivationStats
-
     mask = _group_mask(neurons, group)
     label = f"set({_tag(neurons, group)}"
     if isinstance(values, ActivationStats):

@@ -1,8 +1,8 @@
 """Steering: continue one prompt with and without an intervention, side by side.
 
-Decoding is a plain loop over full forwards ``model(tokens)`` (no KV cache): TL 4.3's bridge
-``generate`` with the KV cache gives garbage on Gemma 3, and a loop under `Intervention.applied`
-works the same on every TransformerLens model. Each step
+Decoding is a plain loop over full forwards ``model(tokens)`` under `Intervention.applied`, with
+no KV cache, so it behaves the same on every TransformerLens model whatever its ``generate``
+supports. Each step
 
     greedy (temperature = 0):  x_{t+1} = argmax logits_t
     sampling:                  x_{t+1} ~ softmax(logits_t / temperature), restricted to the top_k
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from tl_culture.data.rows import prompt_ids
 from tl_culture.errors import TLCultureError
 from tl_culture.intervene.interventions import Intervention
 from tl_culture.model.load import model_device
@@ -70,9 +71,7 @@ def _prompt_ids(model: Any, prompt: str | torch.Tensor) -> torch.Tensor:
         raise TLCultureError("this model has no tokenizer; give the prompt as a 1-D tensor of token ids")
     if not str(prompt).strip():
         raise TLCultureError("the prompt is empty; give some text")
-    ids = tok(str(prompt), add_special_tokens=False)["input_ids"]
-    bos = getattr(tok, "bos_token_id", None)
-    return torch.tensor([([bos] if bos is not None else []) + list(ids)], dtype=torch.long)
+    return prompt_ids(tok, str(prompt))[None]
 
 
 @torch.inference_mode()

@@ -1,30 +1,21 @@
-"""A bridge-free forward for counting: a TransformerBridge's own HF modules, without the wrappers.
+"""The bridge fast path: a `TransformerBridge`'s own HF modules run without the bridge wrappers.
 
 TransformerLens 4.x `TransformerBridge` wraps every module of the HuggingFace model in a bridge
-component that runs hook points around the original module (and, for RMSNorm, recomputes the
-norm for its hooks). With no hooks attached that work changes nothing, but it costs: on Gemma 3
-270M (CPU) the bridge's body forward is ~10 % slower than the same HF modules alone
-(benchmarks/README.md). `collect` only needs one tensor per layer, so when nothing else is
-hooked it can skip the wrappers:
+component that runs hook points around the original module. With no TransformerLens hook attached
+that work changes nothing the MLP neurons see, but it costs time (benchmarks/README.md). The
+``"native"`` backend of `collect` therefore runs the HF modules themselves inside
+`bridge_fast_path` (whose docstring lists what it swaps and restores), with torch hooks on each
+layer's gate module (output: ``blocks.{l}.mlp.hook_pre``) and activation module (output:
+act_fn(hook_pre), for the sums), and stops after the last layer (`StopForward`).
 
-    for every bridge component C in model.original_model:  put C.original_component in C's place
-    hook  gate module of layer l  (the module whose output is blocks.{l}.mlp.hook_pre)
-    hook  activation module of layer l (its output is act_fn(hook_pre); used for the sums)
-    call  model.original_model(input_ids, attention_mask=...) as the bridge's driver does
-    restore every wrapper (also on errors and KeyboardInterrupt)
-
-Exactness: the same modules with the same weights, the same inputs and the same attention
-implementation as the bridge (eager, which the bridge forces) run the same kernels on the same
-tensors, so ``hook_pre`` and hence the counts are bit-identical to the TransformerLens hook path.
-`NativeForward.verify` checks this on a probe input before any counting (a wrapper that changes
-the computation, e.g. folded weights, fails it) and `collect` falls back to the hooks otherwise.
-
-``attention="sdpa"`` (what `collect` asks for by default) switches the HF config to PyTorch's
-fused attention while counting: faster, and far less memory at long sequences on GPUs, but the
-attention output then differs in the last float bits, so activations within rounding of zero may
-flip (Gemma 3 270M, CPU: 2.6e-7 of sign decisions in float32, 6.5e-4 in bfloat16). `verify`
-checks that the sdpa forward stays within 5 % of the eager one and reports in
-`NativeForward.attention_problem` when not.
+With the bridge's own attention implementation (eager, which the bridge forces) the same modules
+run the same kernels on the same tensors as the TransformerLens hook path, so ``hook_pre`` is the
+same bit for bit; `NativeForward.verify` checks this on a probe input before any counting (a
+wrapper that changes the computation, e.g. folded weights, fails it) and `collect` falls back to
+the hooks otherwise. ``attention="sdpa"`` (what `collect` runs by default) switches the HF configs
+to PyTorch's fused attention inside the fast path: its output differs from eager in the last float
+bits, so activations within rounding of zero may change sign (docs/scale.md). `verify` checks that
+the sdpa forward stays within 5 % of the eager one, else says why in `NativeForward.attention_problem`.
 """
 
 from __future__ import annotations
@@ -38,15 +29,15 @@ import torch
 from jaxtyping import Float
 
 from tl_culture.errors import TLCultureError
-from tl_culture.model.load import MLPHooks
+from tl_culture.model.forward import StopForward, run_to_layer, until_stop
+from tl_culture.model.hooks import MLPHooks
 
-#: How `collect` can run the model: TransformerLens hooks, this module, or native when possible.
+#: How `collect` can run the model: TransformerLens hooks, the fast path, or the fast path when possible.
 BACKENDS = ("auto", "hooks", "native")
-#: Attention implementations the native forward can switch to (HF names).
+#: Attention implementations the fast path can switch to (HF names).
 ATTENTIONS = ("eager", "sdpa")
 
-#: Names under which HF MLPs keep their activation module (Llama/Gemma/Qwen/Mistral: act_fn,
-#: GPT-2/GPT-NeoX: act, OPT/Phi: activation_fn).
+#: Names of a HF MLP's activation module (Llama/Gemma/Qwen/Mistral act_fn, GPT-2/NeoX act, OPT/Phi activation_fn).
 ACT_MODULE_NAMES = ("act_fn", "act", "activation_fn", "activation")
 
 #: ``callback(layer, pre, act)``: ``pre`` is ``[..., d_mlp]`` hook_pre in the model dtype; ``act`` is
@@ -54,8 +45,25 @@ ACT_MODULE_NAMES = ("act_fn", "act", "activation_fn", "activation")
 LayerCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
 
 
-class _Stop(Exception):
-    """Raised after the last layer's MLP neurons are seen: the rest of the forward is skipped."""
+def check_backend(backend: str, attention: str | None, *, flags: bool = False) -> None:
+    """Raise `TLCultureError` unless ``backend`` and ``attention`` are known and fit together.
+
+    ``attention="sdpa"`` needs the fast path (``"native"`` or ``"auto"``): the hooks backend always
+    runs the bridge's own attention. ``flags`` words the message with command-line flags
+    (``--backend native``) rather than Python arguments (``backend='native'``).
+    """
+    if backend not in BACKENDS:
+        why = f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+        raise TLCultureError(why if flags else f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if attention is not None and attention not in ATTENTIONS:
+        why = f"--attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}"
+        raise TLCultureError(why if flags else f"unknown attention {attention!r}; use one of {', '.join(ATTENTIONS)}")
+    if attention == "sdpa" and backend == "hooks":
+        raise TLCultureError(
+            "--attention sdpa needs the native backend; drop it or use --backend native"
+            if flags
+            else f"attention={attention!r} needs the native backend; drop it or use backend='native'"
+        )
 
 
 def _wrapper_class() -> type | None:
@@ -75,7 +83,7 @@ def _has_hooks(module: torch.nn.Module) -> bool:
 
 
 def native_problem(model: Any, mlp: MLPHooks) -> str | None:
-    """Why ``model`` cannot be counted bridge-free (None: it can, subject to `NativeForward.verify`)."""
+    """Why ``model`` cannot run the fast path (None: it can, subject to `NativeForward.verify`)."""
     wrapper = _wrapper_class()
     root = getattr(model, "original_model", None) if wrapper is not None else None
     if wrapper is None or not isinstance(root, torch.nn.Module) or not hasattr(model, "blocks"):
@@ -107,8 +115,8 @@ def _gate_modules(model: Any, mlp: MLPHooks) -> list[torch.nn.Module]:
     return out
 
 
-def _act_module(model: Any, layer: int) -> torch.nn.Module | None:
-    hf_mlp = _original(model.blocks[layer].mlp)
+def act_module(hf_mlp: torch.nn.Module | None) -> torch.nn.Module | None:
+    """The activation-function module of a HF MLP (a child named in `ACT_MODULE_NAMES`), or None."""
     for name in ACT_MODULE_NAMES:
         child = hf_mlp._modules.get(name) if hf_mlp is not None else None
         if isinstance(child, torch.nn.Module):
@@ -127,17 +135,74 @@ def _configs(root: torch.nn.Module) -> list[Any]:
     return list(seen.values())
 
 
-#: model -> attention -> (state_signature at the check, its problem or None, whether the activation module matched)
-_CHECKED: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[int, str | None, bool]]] = weakref.WeakKeyDictionary()
+def bridge_attention(model: Any) -> str | None:
+    """The attention implementation the bridge's HF model runs (None when it names none)."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    return getattr(config, "_attn_implementation", None)
+
+
+@contextmanager
+def bridge_fast_path(root: torch.nn.Module, attention: str | None = None) -> Iterator[torch.nn.Module]:
+    """Take the bridge wrappers out of a bridge's HF model for the duration of the block.
+
+    Swaps, on entry:
+
+    - every bridge component ``C`` below ``root`` (a module holding its HF module ``M`` as
+      ``C._modules["_original_component"]``) for ``M`` in its parent's ``_modules`` slot, then
+      the same inside ``M``;
+    - with ``attention`` given, ``_attn_implementation`` of every HF config below ``root`` (and
+      of its ``text_config``) for ``attention``.
+
+    Restores, on exit (also on errors and KeyboardInterrupt): every config's previous
+    ``_attn_implementation``, then every wrapper into its slot, in reverse order. Nothing else is
+    touched: parameters, buffers, the hooks on the wrappers (which do not run while they are out),
+    ``model.cfg``. It does not nest and is not thread-safe: the model is rewired while inside.
+
+    Args:
+        root: ``model.original_model`` of a TL 4.x `TransformerBridge`.
+        attention: an HF attention implementation name, or None to keep the configs' own.
+
+    Yields:
+        ``root``, now running plain HF modules.
+    """
+    swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+
+    def visit(parent: torch.nn.Module) -> None:
+        for name, child in list(parent._modules.items()):
+            original = _original(child)
+            if original is not None:
+                parent._modules[name] = original
+                swaps.append((parent, name, child))
+                visit(original)
+            elif child is not None:
+                visit(child)
+
+    configs = _configs(root) if attention is not None else []
+    old = [c._attn_implementation for c in configs]
+    try:
+        visit(root)
+        for c in configs:
+            c._attn_implementation = attention
+        yield root
+    finally:
+        for c, value in zip(configs, old, strict=True):
+            c._attn_implementation = value
+        for parent, name, child in reversed(swaps):
+            parent._modules[name] = child
+
+
+#: model -> attention -> (state_signature, problem, whether the activation module matched, attention problem)
+_CHECKED: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[int, str | None, bool, str | None]]]
+_CHECKED = weakref.WeakKeyDictionary()
 
 
 def state_signature(model: Any) -> int:
-    """A hash of what decides whether the native forward computes what the bridge computes.
+    """A hash of what decides whether the fast path computes what the bridge computes.
 
     Covers every module (identity, the ids of its forward hooks and pre-hooks, which are new for
-    every registration, an instance-patched ``forward``),
-    every parameter and buffer (storage, dtype, device and in-place version counter, so folding
-    or editing weights in place changes it) and ``model.cfg``. About a millisecond per call.
+    every registration, an instance-patched ``forward``), every parameter and buffer (storage,
+    dtype, device and in-place version counter, so folding or editing weights in place changes
+    it) and ``model.cfg``.
     """
     mods = tuple(
         (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks), "forward" in m.__dict__) for m in model.modules()
@@ -150,7 +215,7 @@ def state_signature(model: Any) -> int:
 
 
 class NativeForward:
-    """Runs a `TransformerBridge`'s HF model with the bridge wrappers taken out, hooking MLP neurons.
+    """The fast path of one model: its HF modules run inside `bridge_fast_path`, hooking MLP neurons.
 
     Use `native_problem` first; then `verify` on a probe input; then, inside `hooked`, call the
     instance on each batch.
@@ -158,16 +223,15 @@ class NativeForward:
     Args:
         model: a TL 4.x `TransformerBridge` with no TransformerLens hooks attached.
         mlp: its `MLPHooks`.
-        attention: None to run the bridge's own attention implementation (bit-identical to the
-            hook path), or an HF implementation name such as ``"sdpa"``.
+        attention: None to run the bridge's own attention implementation (the hook path's
+            numbers, checked by `verify`), or an HF implementation name such as ``"sdpa"``.
     """
 
     def __init__(self, model: Any, mlp: MLPHooks, attention: str | None = None) -> None:
         problem = native_problem(model, mlp)
         if problem is not None:
             raise TLCultureError(f"the native backend cannot run: {problem}; use backend='hooks'")
-        if attention is not None and attention not in ATTENTIONS:
-            raise TLCultureError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTIONS)}")
+        check_backend("native", attention)
         self.model, self.mlp = model, mlp
         self.root: torch.nn.Module = model.original_model
         own = [c._attn_implementation for c in _configs(self.root)]
@@ -178,47 +242,20 @@ class NativeForward:
             attention = None
         self.attention = None if attention is None or own == [attention] * len(own) else attention
         self.gates = _gate_modules(model, mlp)
-        acts = [_act_module(model, layer) for layer in range(mlp.n_layers)]
+        acts = [act_module(_original(model.blocks[layer].mlp)) for layer in range(mlp.n_layers)]
         #: each layer's activation module (its output is act_fn(hook_pre)), or None if any is missing
         self.acts: list[torch.nn.Module] | None = acts if all(a is not None for a in acts) else None
         self._active = False
 
     @property
     def attn_implementation(self) -> str | None:
-        """The attention implementation the native forward runs."""
+        """The attention implementation the fast path runs."""
         configs = _configs(self.root)
         return self.attention or (configs[0]._attn_implementation if configs else None)
 
     @contextmanager
-    def _unbridged(self) -> Iterator[None]:
-        swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
-
-        def visit(parent: torch.nn.Module) -> None:
-            for name, child in list(parent._modules.items()):
-                original = _original(child)
-                if original is not None:
-                    parent._modules[name] = original
-                    swaps.append((parent, name, child))
-                    visit(original)
-                elif child is not None:
-                    visit(child)
-
-        configs = _configs(self.root) if self.attention is not None else []
-        old = [c._attn_implementation for c in configs]
-        try:
-            visit(self.root)
-            for c in configs:
-                c._attn_implementation = self.attention
-            yield
-        finally:
-            for c, value in zip(configs, old, strict=True):
-                c._attn_implementation = value
-            for parent, name, child in reversed(swaps):
-                parent._modules[name] = child
-
-    @contextmanager
     def hooked(self, callback: LayerCallback, with_act: bool = True) -> Iterator[NativeForward]:
-        """Take the wrappers out and call ``callback(layer, pre, act)`` on every layer of each forward.
+        """Inside `bridge_fast_path`, call ``callback(layer, pre, act)`` on every layer of each forward.
 
         ``act`` is passed when ``with_act`` and the model has an activation module per layer;
         otherwise it is None. The forward stops once the last layer's callback returned.
@@ -237,7 +274,7 @@ class NativeForward:
                     return
                 callback(layer, out, None)
                 if layer == last:
-                    raise _Stop
+                    raise StopForward
 
             return hook
 
@@ -248,11 +285,11 @@ class NativeForward:
                     return
                 callback(layer, pre, out)
                 if layer == last:
-                    raise _Stop
+                    raise StopForward
 
             return hook
 
-        with self._unbridged():
+        with bridge_fast_path(self.root, self.attention):
             try:
                 for layer, gate in enumerate(self.gates):
                     handles.append(gate.register_forward_hook(on_gate(layer)))
@@ -273,14 +310,11 @@ class NativeForward:
         kwargs: dict[str, Any] = {"use_cache": False} if hasattr(self.root, "config") else {}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
-        try:
-            self.root(input_ids, **kwargs)
-        except _Stop:
-            return
-        raise TLCultureError("the native forward ended without reaching the last MLP layer; use backend='hooks'")
+        if not until_stop(self.root, input_ids, **kwargs):
+            raise TLCultureError("the native forward ended without reaching the last MLP layer; use backend='hooks'")
 
     def verify(self, input_ids: torch.Tensor) -> str | None:
-        """Compare ``hook_pre`` of the native and the TransformerLens forward on ``input_ids``.
+        """Compare ``hook_pre`` of the fast path and the TransformerLens forward on ``input_ids``.
 
         Returns None when every layer's gate pre-activation is bit-identical (with the bridge's
         attention; close within float rounding with another ``attention``) and the activation
@@ -325,18 +359,12 @@ class NativeForward:
         def tl_hook(layer: int):
             def hook(pre: torch.Tensor, hook: Any = None) -> None:
                 bridge[layer] = pre.detach().clone()
-                if layer == L - 1:
-                    raise _Stop
 
             return hook
 
-        with torch.inference_mode(), self.model.hooks(
-            fwd_hooks=[(self.mlp.pre(layer), tl_hook(layer)) for layer in range(L)]
-        ):
-            try:
-                self.model(input_ids)
-            except _Stop:
-                pass
+        with torch.inference_mode():
+            hooks = [(self.mlp.pre(layer), tl_hook(layer)) for layer in range(L)]
+            run_to_layer(self.model, input_ids, hooks, stop_at=self.mlp.pre(L - 1))
         return bridge
 
     def _compare(self, input_ids: torch.Tensor, bridge: list[torch.Tensor | None], exact: bool) -> str | None:

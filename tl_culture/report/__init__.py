@@ -1,7 +1,8 @@
-"""Stage 7, showing it: circuitsvis token views, matplotlib figures and the offline HTML report.
+"""Showing a run: circuitsvis token views, matplotlib figures and the offline HTML report of a run folder.
 
 circuitsvis and matplotlib are imported only when a view or a figure is made
-(``pip install 'tl-culture[viz]'``).
+(``pip install 'tl-culture[viz]'``). ``run_experiment(cfg, reporter=report_stage)`` writes the
+report as the last stage of a run.
 """
 
 from tl_culture.report.figures import (
@@ -21,7 +22,7 @@ from tl_culture.report.tokens import (
     token_activations,
     topk_tokens,
 )
-from tl_culture.report.write import load_run, write_report
+from tl_culture.report.write import load_run, report_stage, write_report
 
 __all__ = [
     "Figure",
@@ -36,6 +37,7 @@ __all__ = [
     "plot_delta_nll",
     "plot_layer_distribution",
     "plot_overlap",
+    "report_stage",
     "save_views",
     "token_activations",
     "topk_tokens",

@@ -27,6 +27,7 @@ import numpy as np
 
 from tl_culture._io import atomic_path
 from tl_culture.errors import TLCultureError
+from tl_culture.evaluation.heldout import is_own_text
 from tl_culture.selection.neurons import NeuronSet
 
 #: Okabe-Ito colour-blind-safe palette (then tab10 for more groups).
@@ -150,17 +151,11 @@ def plot_layer_distribution(
 def diagonal_mask(
     rows: Sequence[str], cols: Sequence[str], pairs: Mapping[str, str] | None = None
 ) -> np.ndarray:
-    """``bool[row, col]``: True where column ``col`` is row ``row``'s own group.
-
-    A column matches a row when its name, or its part after the last ``:`` (``cult:de`` ->
-    ``de``), equals the row name or ``pairs[row]`` (a culture's language).
-    """
-    pairs = dict(pairs or {})
+    """``bool[row, col]``: True where column ``col`` is row ``row``'s own text (`is_own_text`)."""
     out = np.zeros((len(rows), len(cols)), dtype=bool)
     for i, r in enumerate(rows):
-        own = {r, pairs.get(r, r)}
         for j, c in enumerate(cols):
-            out[i, j] = c in own or c.rsplit(":", 1)[-1] in own
+            out[i, j] = is_own_text(r, c, pairs)
     return out
 
 
@@ -309,30 +304,19 @@ def plot_delta_nll(
     if delta.shape != (len(groups), len(evals)):
         raise TLCultureError(f"NLL matrix delta has shape {delta.shape}, expected ({len(groups)}, {len(evals)})")
     diag = diagonal_mask(groups, evals, pairs)
-    lo, hi = _opt(m, "delta_ci_low"), _opt(m, "delta_ci_high")
-    ctrl, clo, chi = _opt(m, "control_delta"), _opt(m, "control_ci_low"), _opt(m, "control_ci_high")
+    ctrl = _opt(m, "control_delta")
     control_row = ctrl.mean(axis=0) if ctrl is not None else None
-
-    cells = list(zip(*np.nonzero(diag), strict=True)) if diag.any() else (
-        [(0, j) for j in range(len(evals))] if len(groups) == 1 else [])
-
-    def pick(a):
-        return None if a is None else np.array([a[i, j] for i, j in cells])
-
-    bars = {
-        "labels": [f"{groups[i]} → {evals[j]}" if len(groups) > 1 else evals[j] for i, j in cells],
-        "delta": pick(delta), "ci_low": pick(lo), "ci_high": pick(hi),
-        "control": pick(ctrl), "control_ci_low": pick(clo), "control_ci_high": pick(chi),
-    }
+    bars = _own_text_bars(m, groups, evals, diag)
     shown = delta if control_row is None else np.vstack([delta, np.full((1, len(evals)), np.nan), control_row[None]])
     rows = groups if control_row is None else [*groups, "", "random (mean)"]
     lim = float(np.nanmax(np.abs(shown))) if np.isfinite(shown).any() else 1.0
     lim = max(lim, 1e-3)
     small = len(evals) > 8
+    n_bars = len(bars["labels"])
     heat_w = 1.6 + (0.55 if small else 0.75) * len(evals)
-    bar_w = 1.2 + 0.42 * len(cells) if cells else 0
+    bar_w = 1.2 + 0.42 * n_bars if n_bars else 0
     fig = _mpl_figure(min(heat_w + bar_w + 1.0, 16), 1.4 + 0.42 * len(rows) + (0.5 if small else 0))
-    axes = fig.subplots(1, 2 if cells else 1, squeeze=False, width_ratios=[heat_w, bar_w] if cells else None)[0]
+    axes = fig.subplots(1, 2 if n_bars else 1, squeeze=False, width_ratios=[heat_w, bar_w] if n_bars else None)[0]
     ax = axes[0]
     marked = np.vstack([diag, np.zeros((len(rows) - len(groups), len(evals)), bool)])
     im = _heatmap(ax, shown, rows, evals, cmap="RdBu_r", vmin=-lim, vmax=lim, fmt=".2f" if lim >= 0.1 else ".3f",
@@ -340,29 +324,8 @@ def plot_delta_nll(
     fig.colorbar(im, ax=ax, shrink=0.85, label="Δ NLL (nats/token)")
     ax.set_ylabel("ablated neurons")
     ax.set_xlabel("evaluated on")
-    if cells:
-        bx = axes[1]
-        x = np.arange(len(cells))
-        w = 0.38 if bars["control"] is not None else 0.7
-
-        def err(v, a, b):
-            if a is None or b is None:
-                return None
-            return np.vstack([np.clip(v - a, 0, None), np.clip(b - v, 0, None)])
-
-        bx.bar(x - (w / 2 if bars["control"] is not None else 0), bars["delta"], w, color="#0072B2",
-               label="ablated", yerr=err(bars["delta"], bars["ci_low"], bars["ci_high"]), capsize=2.5,
-               error_kw={"lw": 1})
-        if bars["control"] is not None:
-            bx.bar(x + w / 2, bars["control"], w, color="#BBBBBB", label="random control",
-                   yerr=err(bars["control"], bars["control_ci_low"], bars["control_ci_high"]), capsize=2.5,
-                   error_kw={"lw": 1})
-        bx.axhline(0, color="#444", lw=0.8)
-        bx.set_xticks(x, bars["labels"], rotation=60, ha="right", fontsize=7.5)
-        bx.set_ylabel("Δ NLL on own text" if diag.any() else "Δ NLL")
-        bx.grid(axis="y", alpha=0.3)
-        _style(bx)
-        bx.legend(fontsize=7.5, frameon=False)
+    if n_bars:
+        _draw_bars(axes[1], bars, "Δ NLL on own text" if diag.any() else "Δ NLL")
     if title:
         fig.suptitle(title, fontsize=12)
     data = {"groups": groups, "evals": evals, "delta": delta, "diagonal": diag, "control_row": control_row,
@@ -371,6 +334,48 @@ def plot_delta_nll(
            "text.")
     if control_row is not None:
         cap += " Last row: ablating random neurons with the same per-layer counts (mean over groups)."
-    if lo is not None:
+    if _opt(m, "delta_ci_low") is not None:
         cap += " Error bars: bootstrap 95 % CI."
     return Figure(name, fig, data, cap)
+
+
+def _own_text_bars(m: Any, groups: list[str], evals: list[str], diag: np.ndarray) -> dict[str, Any]:
+    """The bar panel's numbers: per outlined cell (every cell of a one-group matrix), Δ, control and CIs."""
+    cells = list(zip(*np.nonzero(diag), strict=True)) if diag.any() else (
+        [(0, j) for j in range(len(evals))] if len(groups) == 1 else [])
+
+    def pick(attr: str) -> np.ndarray | None:
+        a = _opt(m, attr)
+        return None if a is None else np.array([a[i, j] for i, j in cells])
+
+    return {
+        "labels": [f"{groups[i]} → {evals[j]}" if len(groups) > 1 else evals[j] for i, j in cells],
+        "delta": pick("delta"), "ci_low": pick("delta_ci_low"), "ci_high": pick("delta_ci_high"),
+        "control": pick("control_delta"), "control_ci_low": pick("control_ci_low"),
+        "control_ci_high": pick("control_ci_high"),
+    }
+
+
+def _draw_bars(bx, bars: dict[str, Any], ylabel: str) -> None:
+    """Ablated Δ next to its random control, with CI error bars where there are CIs."""
+    x = np.arange(len(bars["labels"]))
+    w = 0.38 if bars["control"] is not None else 0.7
+
+    def err(v, a, b):
+        if a is None or b is None:
+            return None
+        return np.vstack([np.clip(v - a, 0, None), np.clip(b - v, 0, None)])
+
+    bx.bar(x - (w / 2 if bars["control"] is not None else 0), bars["delta"], w, color="#0072B2",
+           label="ablated", yerr=err(bars["delta"], bars["ci_low"], bars["ci_high"]), capsize=2.5,
+           error_kw={"lw": 1})
+    if bars["control"] is not None:
+        bx.bar(x + w / 2, bars["control"], w, color="#BBBBBB", label="random control",
+               yerr=err(bars["control"], bars["control_ci_low"], bars["control_ci_high"]), capsize=2.5,
+               error_kw={"lw": 1})
+    bx.axhline(0, color="#444", lw=0.8)
+    bx.set_xticks(x, bars["labels"], rotation=60, ha="right", fontsize=7.5)
+    bx.set_ylabel(ylabel)
+    bx.grid(axis="y", alpha=0.3)
+    _style(bx)
+    bx.legend(fontsize=7.5, frameon=False)

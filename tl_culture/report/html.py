@@ -1,4 +1,4 @@
-"""Offline HTML: circuitsvis views with their JavaScript inlined once, and a check for external URLs.
+"""Offline HTML: the page template, circuitsvis views with their JavaScript inlined once, a check for external URLs.
 
 circuitsvis renders a view in two ways: ``cdn_src`` imports its JavaScript from unpkg.com (no
 good offline), ``local_src`` inlines the whole ~1.3 MB library in a ``<script type="module">``
@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from tl_culture._io import write_text_atomic
 from tl_culture.errors import TLCultureError
@@ -79,70 +82,25 @@ def views_html(views: Sequence[tuple[str, Any]], heading_level: int = 3) -> str:
     return "\n".join(parts)
 
 
-PAGE_CSS = """
-:root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#ffffff; --soft:#f6f8fa; --accent:#0b5cad; }
-* { box-sizing: border-box; }
-body { margin:0; color:var(--fg); background:var(--bg);
-  font: 15px/1.5 -apple-system, "Segoe UI", "Helvetica Neue", Helvetica, Arial, "Noto Sans", "DejaVu Sans",
-  sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 28px 36px 60px; }
-h1 { font-size: 28px; margin: 0 0 4px; letter-spacing: -0.01em; }
-h2 { font-size: 21px; margin: 38px 0 10px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
-h3 { font-size: 16px; margin: 22px 0 8px; }
-p, li { max-width: 78ch; }
-.muted, figcaption, .note { color: var(--muted); }
-.note { background: var(--soft); border-left: 3px solid var(--line); padding: 8px 12px; }
-code, pre { font-family: ui-monospace, "SFMono-Regular", "DejaVu Sans Mono", Menlo, Consolas, monospace;
-  font-size: 13px; }
-pre { background: var(--soft); padding: 10px 12px; overflow-x: auto; border-radius: 6px; }
-table { border-collapse: collapse; margin: 8px 0 14px; font-variant-numeric: tabular-nums; font-size: 13.5px; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead th { border-bottom: 2px solid var(--fg); font-weight: 600; }
-td.diag { font-weight: 700; outline: 2px solid #111; outline-offset: -2px; }
-td .ci { color: var(--muted); font-size: 10.5px; display: block; white-space: nowrap; }
-table.nll { font-size: 12.5px; }
-table.nll th, table.nll td { padding: 3px 6px; }
-table.nll tr.ctrl td { color: var(--muted); }
-.fig-row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
-.fig-row figure { flex: 1 1 420px; min-width: 0; }
-table.kv td:first-child { color: var(--muted); padding-right: 18px; }
-table.kv td { text-align: left; }
-figure { margin: 12px 0 22px; }
-figure svg, figure img { max-width: 100%; height: auto; }
-figcaption { font-size: 13px; max-width: 90ch; }
-nav.toc { background: var(--soft); border-radius: 8px; padding: 10px 16px; margin: 16px 0 6px; }
-nav.toc a { color: var(--accent); text-decoration: none; margin-right: 16px; white-space: nowrap; }
-.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 14px 0; }
-.card { border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 130px; }
-.card b { display: block; font-size: 20px; }
-.card span { color: var(--muted); font-size: 12.5px; }
-.cv-block { border: 1px solid var(--line); border-radius: 8px; padding: 4px 14px 8px; margin: 12px 0;
-  break-inside: avoid; }
-.cv-view { min-height: 24px; }
-@media print {
-  @page { size: A4; margin: 14mm; }
-  body { font-size: 10.5pt; }
-  main { max-width: none; padding: 0; }
-  nav.toc { display: none; }
-  h2 { break-before: page; break-after: avoid; }
-  h2.first { break-before: auto; }
-  h3 { break-after: avoid; }
-  figure, table, .cv-block, .card { break-inside: avoid; }
-  pre { white-space: pre-wrap; }
-  a { color: inherit; text-decoration: none; }
-}
-"""
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("tl_culture.report", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+#: The page's stylesheet (``templates/page.css``): screen and print (A4) layout.
+PAGE_CSS = _TEMPLATES.loader.get_source(_TEMPLATES, "page.css")[0]
+
+
+def render(template: str, **context: Any) -> Markup:
+    """Render ``templates/{template}`` (HTML-escaped; pass ready-made HTML as `markupsafe.Markup`)."""
+    return Markup(_TEMPLATES.get_template(template).render(**context))
 
 
 def page(title: str, body: str, css: str = PAGE_CSS) -> str:
-    """A complete offline HTML document (UTF-8, inline style, no external resource)."""
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{css}</style>\n</head>\n<body>\n<main>\n"
-        f"{body}\n</main>\n</body>\n</html>\n"
-    )
+    """A complete offline HTML document (UTF-8, inline style, no external resource) around ``body`` (HTML)."""
+    return render("page.html.j2", title=title, body=Markup(body), css=Markup(css))
 
 
 def save_views(

@@ -26,15 +26,14 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from tl_culture.data.rows import bos_prefix, prompt_ids
 from tl_culture.errors import TLCultureError
-from tl_culture.model.load import MLPHooks, model_device
+from tl_culture.model.forward import run_to_layer
+from tl_culture.model.hooks import MLPHooks
+from tl_culture.model.load import model_device
 from tl_culture.selection.neurons import NeuronSet
 
 STATS = ("mean", "fraction")
-
-
-class _Stop(Exception):
-    """Raised by the last needed hook to skip the rest of the forward."""
 
 
 @dataclass
@@ -100,13 +99,8 @@ def _tokenize(model: Any, text: str | torch.Tensor, max_tokens: int | None) -> t
         raise TLCultureError("token views need a non-empty text (or a 1-D tensor of token ids)")
     if tok is None:
         raise TLCultureError("this model has no tokenizer; pass the text as a 1-D tensor of token ids")
-    body = tok(text, add_special_tokens=False)["input_ids"]
-    if max_tokens is not None:
-        body = body[:max_tokens]
-    bos = getattr(tok, "bos_token_id", None)
-    prefix = [bos] if bos is not None else []
-    ids = torch.tensor(prefix + list(body), dtype=torch.long)
-    return ids, len(prefix), token_strings(tok, body)
+    ids, n_prefix = prompt_ids(tok, text, max_tokens), len(bos_prefix(tok))
+    return ids, n_prefix, token_strings(tok, ids[n_prefix:].tolist())
 
 
 def _as_neuron_set(neurons: NeuronSet | Mapping[str, NeuronSet]) -> NeuronSet:
@@ -173,17 +167,13 @@ def token_activations(
             if stat == "fraction":
                 a = (a > 0).float()
             acc.add_(a @ w)
-            if layer == used[-1]:
-                raise _Stop
 
         return hook
 
     if used:
-        with torch.inference_mode(), model.hooks(fwd_hooks=[(mlp.pre(layer), make(layer)) for layer in used]):
-            try:
-                model(ids[None].to(dev))
-            except _Stop:
-                pass
+        with torch.inference_mode():
+            hooks = [(mlp.pre(layer), make(layer)) for layer in used]
+            run_to_layer(model, ids[None].to(dev), hooks, stop_at=mlp.pre(used[-1]))
     values = (acc / total[None]).cpu()[n_prefix:]
     meta = {"n_neurons": dict(zip(ns.groups, ns.masks.sum(dim=(1, 2)).tolist(), strict=True))}
     return TokenActivations(str_tokens, ids[n_prefix:].cpu(), values, list(ns.groups), stat, meta)
@@ -203,13 +193,9 @@ def neuron_activations(
 
     def hook(pre: torch.Tensor, hook: Any = None) -> None:
         out.append(mlp.act(pre[0, :, neuron].float()).cpu())
-        raise _Stop
 
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(mlp.pre(layer), hook)]):
-        try:
-            model(ids[None].to(model_device(model)))
-        except _Stop:
-            pass
+    with torch.inference_mode():
+        run_to_layer(model, ids[None].to(model_device(model)), [(mlp.pre(layer), hook)], stop_at=mlp.pre(layer))
     return str_tokens, out[0][n_prefix:]
 
 

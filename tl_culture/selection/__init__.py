@@ -1,1 +1,1 @@
-"""Stage 3, selection: LAPE (`identify`), neuron sets and their culture categories."""
+"""Stage 4, selection: LAPE (`identify`), neuron sets and their culture categories, split-half stability."""

@@ -10,7 +10,8 @@ With ``P[k, l, j] = counts / tokens`` over G groups:
     bar         = kthvalue(P.flatten(), round(numel(P) * activation_bar_ratio))
     member      = selected neuron (l, j) belongs to every group k with P[k, l, j] > bar
 
-The constants default to the published ones (0.01, 0.95, 0.95). Ties in H are broken by the
+The constants default to the published ones (`TOP_RATE`, `FILTER_RATE`, `ACTIVATION_BAR_RATIO`,
+the one home of these defaults). Ties in H are broken by the
 flat (layer, neuron) index, lowest first, so the selection is deterministic. Every group is
 kept, even one that gets no neuron (the reference silently drops a trailing empty group).
 """
@@ -20,9 +21,16 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 
-from tl_culture.counting.collect import ActivationStats
+from tl_culture.counting.stats import ActivationStats
 from tl_culture.errors import TLCultureError
 from tl_culture.selection.neurons import NeuronSet
+
+TOP_RATE = 0.01
+"""Share of all neurons (layers x d_mlp) that LAPE selects."""
+FILTER_RATE = 0.95
+"""A neuron is a candidate only if some group's activation probability exceeds this quantile."""
+ACTIVATION_BAR_RATIO = 0.95
+"""A selected neuron belongs to every group whose activation probability exceeds this quantile."""
 
 
 def _check_rate(name: str, value: float) -> None:
@@ -45,9 +53,9 @@ def _kth(flat: torch.Tensor, rate: float) -> float:
 
 def identify(
     stats: ActivationStats,
-    top_rate: float = 0.01,
-    filter_rate: float = 0.95,
-    activation_bar_ratio: float = 0.95,
+    top_rate: float = TOP_RATE,
+    filter_rate: float = FILTER_RATE,
+    activation_bar_ratio: float = ACTIVATION_BAR_RATIO,
 ) -> NeuronSet:
     """Select group-specific neurons with LAPE.
 

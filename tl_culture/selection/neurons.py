@@ -157,10 +157,6 @@ class NeuronSet:
         """A one-group set holding the neurons common to every group."""
         return NeuronSet([name], self.masks.all(dim=0, keepdim=True), dict(self.meta))
 
-    def union_of_all(self, name: str = "union") -> NeuronSet:
-        """A one-group set holding the neurons of any group."""
-        return NeuronSet([name], self.masks.any(dim=0, keepdim=True), dict(self.meta))
-
     # ------------------------------------------------------------ display
     def table(self, bands: int = 4) -> str:
         """A plain-text table: neurons per group, per layer band, shared neurons."""
@@ -278,7 +274,8 @@ def culture_categories(
     Returns:
         ``language`` (each culture's language set, named after the culture), ``culture``,
         ``compound`` (language ∩ culture), ``pure`` (culture − language), all with the culture
-        groups, and ``generic``: one group holding ∩ over cultures of ``pure``.
+        groups, and ``generic``: one group holding ∩ over cultures of ``pure``. Each is a new
+        `NeuronSet` whose ``meta["category"]`` names it; the arguments are left unchanged.
     """
     culture_language = dict(culture_language or {})
     missing = [c for c in culture.groups if culture_language.get(c, c) not in language.groups]
@@ -297,6 +294,4 @@ def culture_categories(
         "pure": pure,
         "generic": pure.intersection_of_all("generic"),
     }
-    for name, ns in out.items():
-        ns.meta = {**ns.meta, "category": name}
-    return out
+    return {name: NeuronSet(ns.groups, ns.masks.clone(), {**ns.meta, "category": name}) for name, ns in out.items()}

@@ -6,38 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_culture import ActivationStats, NeuronSet, TLCultureError
+from tl_culture import NeuronSet, TLCultureError
 from tl_culture.cli import main
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad")
-    f = {
-        "good": d / "good.txt", "empty": d / "empty.txt", "latin1": d / "latin1.txt", "blank": d / "blank.txt",
-        "junk": d / "junk.safetensors", "neurons": d / "neurons.safetensors", "stats": d / "stats.safetensors",
-        "one": d / "one.safetensors", "tampered": d / "tampered.safetensors", "empty_dir": d / "empty_model",
-        "ref": d / "ref.pth", "foreign": d / "foreign.safetensors", "misfit": d / "misfit.safetensors", "dir": d,
-    }
-    f["good"].write_text("the cat sat on the mat\nder Hund schläft\n", encoding="utf-8")
-    f["empty"].write_text("", encoding="utf-8")
-    f["blank"].write_text("\n   \n\n", encoding="utf-8")
-    f["latin1"].write_bytes("Straße in Köln\n".encode("latin-1"))
-    f["junk"].write_bytes(b"\x93NUMPY this is not a safetensors file")
-    NeuronSet(["a", "b"], torch.zeros(2, 2, 4, dtype=torch.bool)).save(f["neurons"])
-    NeuronSet(["en", "de"], torch.ones(2, 4, 10, dtype=torch.bool)).save(f["misfit"])  # the tiny model is 2 x 48
-    ActivationStats(["a", "b"], torch.ones(2, 2, 4, dtype=torch.long), torch.tensor([3, 3])).save(f["stats"])
-    ActivationStats(["en"], torch.ones(1, 2, 4, dtype=torch.long), torch.tensor([3])).save(f["one"])
-    from tl_culture._io import save_tensors
-
-    save_tensors(f["tampered"], "ActivationStats", {"counts": torch.full((2, 2, 4), 9), "tokens": torch.tensor([3, 3])},
-                 {"groups": ["a", "b"], "meta": {}})
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.zeros(2)}, str(f["foreign"]))  # a safetensors file, but not ours
-    f["empty_dir"].mkdir()
-    torch.save([[torch.tensor([1])]], f["ref"])
-    return {k: str(v) for k, v in f.items()}
 
 
 def collect_args(files, model, *extra, corpus=None):
@@ -142,7 +112,7 @@ def test_unexpected_errors_are_one_line_too(files, capsys, monkeypatch):
     def boom(*a, **k):
         raise KeyError("something\nmultiline")
 
-    monkeypatch.setattr("tl_culture.ActivationStats.load", boom)
+    monkeypatch.setattr("tl_culture.counting.stats.ActivationStats.load", boom)
     assert main(["identify", files["stats"], "--out", "x.safetensors"]) == 2
     err = capsys.readouterr().err
     assert err == (
@@ -150,71 +120,21 @@ def test_unexpected_errors_are_one_line_too(files, capsys, monkeypatch):
     )
 
 
-# --------------------------------------------------------------------------- out of memory, atomic outputs
-def test_out_of_memory_suggests_a_smaller_batch_and_keeps_the_old_output(files, tiny_hf_dir, capsys, monkeypatch,
-                                                                           tmp_path):
-    out = tmp_path / "stats.safetensors"
-    out.write_bytes(b"an earlier result")
-
-    def oom(self, batch):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr("tl_culture.counting.collect.Counter.run_batch", oom)
-    rc = main(["collect", "--model", str(tiny_hf_dir), "--device", "cpu", "--corpus", f"en={files['good']}",
-               "--out", str(out), "--seq-len", "16", "--batch-size", "8", "--no-progress"])
-    assert rc == 2
-    assert capsys.readouterr().err == (
-        "tl-culture: error: out of memory on cpu running 2 rows x 16 tokens; use a smaller batch size "
-        "(--batch-size 4)\n"
-    )
-    assert out.read_bytes() == b"an earlier result"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.safetensors"]  # no temp file left
+def test_help_lists_the_commands_in_pipeline_order(capsys):
+    assert main(["--help"]) == 0
+    names = ("collect", "identify", "neurons", "run", "evaluate", "steer", "report")
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]
+    assert [w for w in listed if w in names] == list(names)
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("tl-culture ")
 
 
 def test_out_of_memory_elsewhere(files, capsys, monkeypatch, tmp_path):
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr("tl_culture.ActivationStats.load", oom)
+    monkeypatch.setattr("tl_culture.counting.stats.ActivationStats.load", oom)
     assert main(["identify", files["stats"], "--out", str(tmp_path / "n.safetensors")]) == 2
     assert capsys.readouterr().err == "tl-culture: error: out of memory; use a smaller --batch-size (or --seq-len)\n"
-
-
-def test_failing_identify_leaves_the_existing_output(files, capsys, tmp_path):
-    out = tmp_path / "neurons.safetensors"
-    NeuronSet(["x", "y"], torch.ones(2, 1, 3, dtype=torch.bool)).save(out)
-    before = out.read_bytes()
-    assert main(["identify", files["one"], "--out", str(out)]) == 2
-    assert out.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["neurons.safetensors"]
-
-
-def test_failure_while_writing_leaves_the_existing_output(files, tiny_hf_dir, capsys, monkeypatch, tmp_path):
-    """A crash inside the write itself (disk full, kill) never leaves a half-written file in place."""
-    out = tmp_path / "stats.safetensors"
-    out.write_bytes(b"an earlier result")
-
-    def full_disk(tensors, filename, metadata=None):
-        with open(filename, "wb") as fh:
-            fh.write(b"half a file")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
-    rc = main(["collect", "--model", str(tiny_hf_dir), "--device", "cpu", "--corpus", f"en={files['good']}",
-               "--out", str(out), "--seq-len", "16", "--no-progress"])
-    assert rc == 2 and "No space left on device" in capsys.readouterr().err
-    assert out.read_bytes() == b"an earlier result"
-    assert [p.name for p in tmp_path.iterdir()] == ["stats.safetensors"]
-
-
-def test_successful_collect_replaces_the_output(files, tiny_hf_dir, capsys, tmp_path):
-    out = tmp_path / "stats.safetensors"
-    out.write_bytes(b"an earlier result")
-    assert main(["collect", "--model", str(tiny_hf_dir), "--device", "cpu", "--corpus", f"en={files['good']}",
-                 "--corpus", f"de={files['good']}", "--out", str(out), "--seq-len", "16", "--no-progress"]) == 0
-    stats = ActivationStats.load(out)
-    assert stats.groups == ["en", "de"] and torch.equal(stats.counts[0], stats.counts[1])
-    assert capsys.readouterr().out.startswith(f"wrote {out}: 2 layers x 48 neurons; tokens en=")
 
 
 def test_neuron_set_that_does_not_fit_the_model(tiny_hf_model):

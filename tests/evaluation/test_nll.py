@@ -1,0 +1,66 @@
+"""Per-token NLLs: the formula with padding, and the forward engine under named interventions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import hand_nll, xy_corpora
+from tl_culture import NeuronSet
+from tl_culture.evaluation.nll import token_nll, token_nlls
+from tl_culture.intervene.interventions import ablate
+
+
+def test_token_nll_matches_log_softmax_with_padding():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=g)
+    ids = torch.randint(0, 11, (2, 6), generator=g)
+    count = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]], dtype=torch.bool)  # BOS, then padding in row 1
+    got = token_nll(logits, ids, count, chunk=2)
+    lp = F.log_softmax(logits.double(), -1)
+    want = [-lp[b, t - 1, ids[b, t]] for b in range(2) for t in range(1, 6) if count[b, t]]
+    assert got.shape == (7,)
+    torch.testing.assert_close(got, torch.stack(want))
+
+
+def test_token_nlls_by_key_and_eval(tiny_models, ab_neurons):
+    model = tiny_models["gated"]
+    ev = xy_corpora()
+    empty = ablate(NeuronSet(["e"], torch.zeros(1, 3, 32, dtype=torch.bool)), "e")
+    ints = {"none": None, ("ablate", "a"): ablate(ab_neurons, "a"), "empty": empty}
+    nll, info = token_nlls(model, ev, ints, seq_len=12, batch_size=2, max_tokens=None, progress=False)
+    assert list(nll) == ["none", ("ablate", "a"), "empty"] and all(list(v) == ["x", "y"] for v in nll.values())
+    assert info["batch_size"] == 2 and info["seq_len"] == 12
+    for e, c in ev.items():
+        assert nll["none"][e].shape == (c.rows.numel() - c.rows.shape[0],)
+        assert float(nll["none"][e].mean()) == pytest.approx(hand_nll(model, c.rows), abs=1e-5)
+        hooks = ints["ablate", "a"].fwd_hooks(model)
+        assert float(nll["ablate", "a"][e].mean()) == pytest.approx(hand_nll(model, c.rows, hooks), abs=1e-5)
+        assert torch.equal(nll["empty"][e], nll["none"][e])  # an empty group changes nothing
+
+
+def test_padded_batches_give_each_corpus_alone(tiny_hf_model):
+    masks = torch.zeros(1, 2, 48, dtype=torch.bool)
+    masks[0, 1, :10] = True
+    it = ablate(NeuronSet(["g"], masks), "g")
+    ev = {"en": ["the cat sat on the mat"] * 3, "de": ["der Hund schläft", "кошка спит"]}
+    kw = dict(seq_len=8, max_tokens=None, progress=False)
+    together, _ = token_nlls(tiny_hf_model, ev, {"base": None, "g": it}, batch_size=3, **kw)
+    for name, docs in ev.items():
+        alone, _ = token_nlls(tiny_hf_model, {name: docs}, {"base": None, "g": it}, batch_size=1, **kw)
+        for key in ("base", "g"):
+            torch.testing.assert_close(together[key][name], alone[key][name], rtol=0, atol=1e-6)
+
+
+def test_hooks_already_on_the_model_stay_on_for_every_pass(tiny_models, ab_neurons):
+    model = tiny_models["dense"]
+    ids = xy_corpora()["x"].rows
+    user = ("blocks.0.hook_resid_pre", lambda x, hook: x * 1.5)
+    ints = {"base": None, "a": ablate(ab_neurons, "a")}
+    with model.hooks(fwd_hooks=[user]):
+        nll, _ = token_nlls(model, {"x": ids}, ints, seq_len=12, max_tokens=None, progress=False)
+    assert float(nll["base"]["x"].mean()) == pytest.approx(hand_nll(model, ids, [user]), abs=1e-5)
+    both = [user, *ints["a"].fwd_hooks(model)]
+    assert float(nll["a"]["x"].mean()) == pytest.approx(hand_nll(model, ids, both), abs=1e-5)
+    assert not any(hp.fwd_hooks for hp in model.hook_dict.values())  # nothing left behind

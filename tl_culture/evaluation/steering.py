@@ -1,0 +1,165 @@
+"""Measured steering: the share of continuations in a target language, with and without an edit.
+
+For N prompts and a target language λ, every prompt is continued under three conditions
+
+    baseline   the plain model
+    steered    the intervention (e.g. a language's neurons set to their mean on that language)
+    control    the same edit on random neurons, the same count per layer (K seeded draws,
+               never the edited neurons; optionally never any neuron in ``exclude``)
+
+and each decoding mode (``greedy``: temperature 0; ``sampled``: ``temperature``/``top_k``,
+prompt i seeded ``seed + i`` in every condition). The language of each continuation (the
+generated text only, not the prompt) comes from an identifier (`LanguageIdentifier` by default).
+Per mode and condition, with s_i the share of prompt i's continuations in λ (1 continuation per
+prompt; K for the control):
+
+    rate = (1/N) Σ_i s_i,   CI = Wilson score interval of ``rate`` with n = N prompts
+
+(for the control, the K draws of a prompt are not independent, so n stays N, which widens the
+interval). ``steered − control`` and ``steered − baseline`` come with a paired percentile
+bootstrap over prompts (`tl_culture.evaluation.rates.paired_share_ci`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool
+
+from tl_culture.data.rows import prompt_ids
+from tl_culture.errors import TLCultureError
+from tl_culture.evaluation.bootstrap import CI_LEVEL, control_seed
+from tl_culture.evaluation.langid import LanguageIdentifier
+from tl_culture.evaluation.steer_result import SteerEval
+from tl_culture.intervene.controls import random_edit
+from tl_culture.intervene.decode import decode
+from tl_culture.intervene.interventions import Intervention
+from tl_culture.model.load import model_name
+
+MODES = ("greedy", "sampled")
+"""Decoding modes: greedy (temperature 0) and sampled (the given temperature and top_k)."""
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped: one prompt per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise TLCultureError(f"prompt file {p} does not exist; give a text file with one prompt per line")
+    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise TLCultureError(f"prompt file {p} has no prompts (one per line)")
+    return prompts
+
+
+def _conditions(intervention: Intervention, controls: int, seed: int,
+                exclude: Bool[torch.Tensor, "layer neuron"]) -> list[tuple[str, int, Intervention | None]]:
+    out: list[tuple[str, int, Intervention | None]] = [("baseline", 0, None), ("steered", 0, intervention)]
+    for k in range(controls):
+        out.append(("control", k, random_edit(intervention, control_seed(seed, k, 0), exclude)))
+    return out
+
+
+def _texts(model: Any, ids: list[list[int]]) -> list[str]:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return [" ".join(map(str, t)) for t in ids]
+    return [tok.decode(t, skip_special_tokens=True) for t in ids]
+
+
+def steer_eval(
+    model: Any,
+    prompts: Sequence[str],
+    intervention: Intervention,
+    target_language: str,
+    *,
+    controls: int = 1,
+    exclude: Bool[torch.Tensor, "layer neuron"] | None = None,
+    modes: Sequence[str] = MODES,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+    batch_size: int = 16,
+    identifier: Callable[[str], str] | None = None,
+    stop_at_eos: bool = True,
+    cache: bool | None = None,
+    progress: bool = False,
+) -> SteerEval:
+    """Continue each prompt with and without ``intervention`` and measure the target-language share.
+
+    Args:
+        model: a TransformerLens model with a tokenizer.
+        prompts: the prompt texts (`read_prompts` reads a file).
+        intervention: the edit to measure.
+        target_language: the code the identifier answers for the language steered towards.
+        controls: random-neuron control draws K (0: no control).
+        exclude: neurons the controls never draw besides the edited ones (e.g. every neuron
+            selected in the run, `tl_culture.intervene.controls.selected_union`).
+        modes: decoding modes, a subset of `MODES`.
+        temperature: temperature of the ``sampled`` mode (> 0).
+        top_k: the ``sampled`` mode draws among the top_k tokens (None = all).
+        max_new_tokens: tokens per continuation.
+        seed: sampling seed (prompt i uses ``seed + i``) and seed of the control draws.
+        batch_size: prompts decoded together.
+        identifier: ``text -> language code``; default `LanguageIdentifier()`.
+        stop_at_eos: end a continuation at the tokenizer's EOS token.
+        cache: decode with a KV cache (see `tl_culture.intervene.decode.decode`).
+        progress: print one line per decoded condition.
+
+    Returns:
+        A `SteerEval` (``save``/``load``, ``rate``, ``table``).
+    """
+    _check(prompts, modes, temperature, controls, max_new_tokens)
+    identify = identifier or LanguageIdentifier()
+    intervention.validate(model)
+    ids = [prompt_ids(model, p) for p in prompts]
+    tok = getattr(model, "tokenizer", None)
+    eos = getattr(tok, "eos_token_id", None) if stop_at_eos else None
+    excluded = intervention.mask | (exclude if exclude is not None else torch.zeros_like(intervention.mask))
+    conditions = _conditions(intervention, controls, seed, excluded)
+    outputs = []
+    for mode in modes:
+        temp = 0.0 if mode == "greedy" else float(temperature)
+        for cond, draw, edit in conditions:
+            gen = decode(model, ids, edit, max_new_tokens=max_new_tokens, temperature=temp, top_k=top_k,
+                         seed=seed, eos=eos, batch_size=batch_size, cache=cache)
+            for i, text in enumerate(_texts(model, gen)):
+                outputs.append({"prompt": i, "mode": mode, "condition": cond, "draw": draw, "text": text,
+                                "language": identify(text)})
+            if progress:
+                langs = Counter(o["language"] for o in outputs[-len(gen):])
+                print(f"steer_eval: {mode} {cond} {draw}: {dict(langs.most_common(4))}", flush=True)
+    describe = getattr(identify, "describe", None)
+    meta = {
+        "model": model_name(model), "intervention": intervention.name,
+        "control": [e.name for c, _, e in conditions if c == "control"], "controls": controls,
+        "control_excludes": "edited neurons" + (" and the given selected neurons" if exclude is not None else ""),
+        "decoding": {"modes": list(modes), "temperature": float(temperature), "top_k": top_k,
+                     "max_new_tokens": max_new_tokens, "seed": seed, "stop_at_eos": stop_at_eos},
+        "identifier": describe() if callable(describe) else {"name": getattr(identify, "__name__", "custom")},
+        "level": CI_LEVEL,
+    }
+    return SteerEval(target_language, list(prompts), outputs, meta)
+
+
+def _check(prompts: Sequence[str], modes: Sequence[str], temperature: float, controls: int,
+           max_new_tokens: int) -> None:
+    if isinstance(prompts, str) or not prompts:
+        raise TLCultureError("give the prompts as a non-empty list of texts (read_prompts reads a file)")
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise TLCultureError(f"unknown decoding mode(s) {bad}; use some of {', '.join(MODES)}")
+    if "sampled" in modes and temperature <= 0:
+        raise TLCultureError(f"the sampled mode needs temperature > 0, got {temperature}")
+    if controls < 0:
+        raise TLCultureError(f"controls must be >= 0, got {controls}")
+    if max_new_tokens < 1:
+        raise TLCultureError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+
+
+__all__ = ["MODES", "read_prompts", "steer_eval"]
