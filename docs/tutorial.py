@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from IPython.display import Image, display
+from IPython.display import HTML, Image, display
 
 import tl_culture as tc
 from tl_culture import report
@@ -65,7 +65,7 @@ for g in langs:
 # concentrated on few groups (low entropy), 1 % of all neurons by default.
 
 # %%
-settings = dict(seq_len=128, batch_size=8, max_tokens=1024, progress=False)
+settings = dict(seq_len=128, batch_size=8, max_tokens=512, progress=False)  # tokens per group: tiny
 lang_stats = tc.collect(model, lang_sel, **settings)
 cult_stats = tc.collect(model, cult_sel, **settings)
 language = tc.identify(lang_stats)
@@ -95,11 +95,13 @@ display(Image(fig.png(dpi=90)))
 # `delta_nll` ablates each group's neurons in turn and measures the change of the next-token loss
 # on every held-out corpus, with bootstrap confidence intervals and a random-neuron control (the
 # same number of random neurons per layer). A group's Δ means something where it clearly exceeds
-# its control.
+# its control. Three cultures and 64 scored tokens per corpus keep this quick; leave out `groups`
+# and pass every held-out corpus for the full matrix.
 
 # %%
-m = tc.delta_nll(model, cult_held, cats["culture"], max_tokens=96, controls=1, bootstrap=200, seed=0,
-                 progress=False)
+three = ["da", "fa", "zh"]
+m = tc.delta_nll(model, {g: cult_held[g] for g in three}, cats["culture"], groups=three,
+                 max_tokens=64, controls=1, bootstrap=200, seed=0, progress=False)
 print(m.table())
 
 # %%
@@ -118,33 +120,31 @@ tokens = model.to_tokens(cult_held["fa"].documents[0])[:, :32]
 with edit.applied(model):  # removes exactly its own hooks on exit
     logits, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.mlp.hook_post")
 print(edit)
-print(f"largest |activation| of the ablated layer-{layer} neurons:", float(cache[f"blocks.{layer}.mlp.hook_post"][..., fa[layer]].abs().max()))
+post = cache[f"blocks.{layer}.mlp.hook_post"]  # [batch, pos, d_mlp]
+print(f"largest |activation| of the ablated layer-{layer} neurons:", float(post[..., fa[layer]].abs().max()))
 
 # %% [markdown]
 # ## 5. Tokens, steering, saving
 #
 # Each token of a held-out Persian culture text, colored by the mean activation of the Persian
-# culture neurons (a circuitsvis view; it renders in Jupyter, not in GitHub's static preview).
+# culture neurons, then the values of every culture group side by side (pick the group to color by).
+# These are circuitsvis views: `display(view)` shows one; `report.views_html` shows several with one
+# copy of the circuitsvis library. They render in Jupyter, not in GitHub's static preview.
 
 # %%
 text = cult_held["fa"].documents[0]
-view = report.colored_tokens(model, text, cats["culture"], "fa", max_tokens=48)
-display(view)
-acts = view.data  # the numbers behind the view
+one = report.colored_tokens(model, text, cats["culture"], "fa", max_tokens=48)
+multi = report.colored_tokens_multi(model, text, cats["culture"], max_tokens=48)
+display(HTML(report.views_html([("Persian culture neurons", one), ("every culture group", multi)])))
+acts = one.data  # the numbers behind the view: TokenActivations
 top = acts.values[:, 0].topk(5).indices.tolist()
-print("tokens where the fa culture neurons fire most:", [acts.tokens[i] for i in top])
-
-# %% [markdown]
-# All culture groups side by side (pick the group to color by in the view):
-
-# %%
-report.colored_tokens_multi(model, text, cats["culture"], max_tokens=48)
+print("tokens where the Persian culture neurons fire most:", [acts.tokens[i] for i in top])
 
 # %% [markdown]
 # Steering: the same greedy continuation without and with the Persian culture neurons scaled up.
 
 # %%
-res = tc.generate(model, "My grandmother always said", tc.scale(culture, "fa", 4.0), max_new_tokens=24, seed=0)
+res = tc.generate(model, "My grandmother always said", tc.scale(culture, "fa", 4.0), max_new_tokens=16, seed=0)
 print(res.side_by_side())
 
 # %% [markdown]

@@ -263,3 +263,13 @@ def test_compare_models_missing_language(tmp_path):
     args = cm.parse(["--model", "x", "--language-dir", str(tmp_path), "--languages", "en"])
     with pytest.raises(TLCultureError, match=r"no en.txt in .*; pass --language-dir with one LANG.txt per language"):
         cm.load_corpora(args)
+
+
+def test_decode_smoke(tiny_hf_dir, tmp_path):
+    dec = _load("decode")
+    out = dec.main(["--model", str(tiny_hf_dir), "--prompts", "3", "--new-tokens", "4", "--batch-size", "1,2",
+                    "--out", str(tmp_path / "dec.json")])
+    assert out["cache_problem"] is None and [r["method"] for r in out["results"]] == ["uncached", "cached_b1",
+                                                                                     "cached_b2"]
+    assert all(r["same_tokens_as_uncached"] and r["new_tokens"] == 12 for r in out["results"])
+    assert json.loads((tmp_path / "dec.json").read_text())["benchmark"] == "decode"

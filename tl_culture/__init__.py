@@ -1,8 +1,18 @@
 """tl-culture: find, edit and show the language and culture neurons of TransformerLens models.
 
-The pipeline, one module per stage:
+The pipeline, one subpackage per stage; data flows down this list and each stage imports only
+from the stages above it (``tests/test_architecture.py`` checks it):
 
-    corpus -> stats -> lape -> neurons -> interventions -> evaluate -> report
+    model/       load a TransformerLens model; its MLP hook points; forwards that stop after a layer
+    data/        corpora and their tokenisation into rows
+    counting/    the LAPE statistic: act_fn(gate) > 0 counts per group (`collect`)
+    selection/   LAPE (`identify`), neuron sets, culture categories, split-half stability
+    explore/     top activating contexts of neurons and their direct effect on the logits
+    intervene/   zero / scale / set edits as TransformerLens hooks, steered generation
+    evaluation/  Δ NLL on held-out text with controls and bootstrap CIs
+    experiment/  the config, the stages in order, the run folder (`RunDir`)
+    report/      figures, token views and the offline HTML report of a run folder
+    cli/         the ``tl-culture`` command line
 """
 
 from tl_culture._version import __version__

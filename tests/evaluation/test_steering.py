@@ -10,7 +10,7 @@ from tl_culture.data.rows import prompt_ids
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.rates import wilson_ci
 from tl_culture.evaluation.steer_result import SteerEval
-from tl_culture.evaluation.steering import read_prompts, steer_eval
+from tl_culture.evaluation.steering import read_prompts, steer_eval, steer_evals
 from tl_culture.intervene.decode import decode
 from tl_culture.intervene.interventions import set_to
 from tl_culture.selection.neurons import NeuronSet
@@ -41,7 +41,8 @@ def test_continuations_are_the_decoder_s(tiny_hf_model, edit, result):
     tok = tiny_hf_model.tokenizer
     eos = tok.eos_token_id
     for cond, e in (("baseline", None), ("steered", edit)):
-        want = [tok.decode(t, skip_special_tokens=True) for t in decode(tiny_hf_model, ids, e, max_new_tokens=6, eos=eos)]
+        gen = decode(tiny_hf_model, ids, e, max_new_tokens=6, eos=eos)
+        want = [tok.decode(t, skip_special_tokens=True) for t in gen]
         got = [o["text"] for o in result.outputs if o["mode"] == "greedy" and o["condition"] == cond]
         assert got == want
     assert len(result.outputs) == len(PROMPTS) * 4 * 2  # 2 modes x (baseline, steered, 2 controls)
@@ -78,6 +79,18 @@ def test_save_load_json(result, tmp_path):
     path.write_text('{"kind": "nll"}', encoding="utf-8")
     with pytest.raises(TLCultureError, match="not a steering evaluation"):
         SteerEval.load(path)
+
+
+def test_several_targets_share_the_baseline(tiny_hf_model, edit, result):
+    other = set_to(NeuronSet(["fa"], edit.mask[None]), "fa", -2.0)
+    evals = steer_evals(tiny_hf_model, PROMPTS, {"fa": edit, "en": other}, controls=1, modes=["greedy"],
+                        max_new_tokens=6, identifier=stub)
+    assert sorted(evals) == ["en", "fa"]
+    base = [[o["text"] for o in ev.outputs if o["condition"] == "baseline"] for ev in evals.values()]
+    assert base[0] == base[1]
+    fa = evals["fa"]
+    assert [o["text"] for o in fa.outputs] == [o["text"] for o in result.outputs if o["mode"] == "greedy"][:18]
+    assert fa.rate("steered") == result.rate("steered") and evals["en"].target_language == "en"
 
 
 def test_read_prompts_and_bad_arguments(tmp_path, tiny_hf_model, edit):

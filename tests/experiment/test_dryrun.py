@@ -28,8 +28,7 @@ def home(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a dry run must not load a model or stream a dataset")
 
-    import datasets
-
+    datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets, "load_dataset", forbidden)
     monkeypatch.setattr("tl_culture.model.load.load_model", forbidden)
     monkeypatch.setattr("tl_culture.experiment.run.load_model", forbidden)

@@ -97,9 +97,10 @@ def test_cultures_need_their_language(tmp_path):
 
 
 def test_each_side_has_its_own_token_cap(tmp_path, tiny_hf_model):
-    both = run_experiment(small(tmp_path / "a", max_tokens_culture=120, stability=True), model=tiny_hf_model)
-    lang = run_experiment(small(tmp_path / "b", stability=True), model=tiny_hf_model)
-    cult = run_experiment(small(tmp_path / "c", max_tokens=120, stability=True), model=tiny_hf_model)
+    kw = dict(stability=True, report=False)
+    both = run_experiment(small(tmp_path / "a", max_tokens_culture=120, **kw), model=tiny_hf_model)
+    lang = run_experiment(small(tmp_path / "b", **kw), model=tiny_hf_model)
+    cult = run_experiment(small(tmp_path / "c", max_tokens=120, **kw), model=tiny_hf_model)
     assert torch.equal(both.stats_language.counts, lang.stats_language.counts)
     assert torch.equal(both.stats_culture.counts, cult.stats_culture.counts)
     assert int(both.stats_culture.tokens.max()) <= 120 < int(both.stats_language.tokens.max())

@@ -150,3 +150,34 @@ def test_panel_opens_from_fragment_offline(chromium, small, tmp_path):  # noqa: 
     drawn = [html.unescape(t).replace("\xa0", " ") for t in re.findall(r">([^<]*)</span></span>", view)]
     assert drawn == [t.replace("\n", "\u21b5") for t in examples.top(layer, j, "cult:de")[0].tokens]
     assert shot.is_file()
+
+
+#: Budget of the 3,500-neuron explorer (docs/report.md records the measurements): milliseconds from
+#: navigation start until the table is drawn and the fragment's panel open, and the file size.
+READY_MS_BUDGET = 4000
+SIZE_MB_BUDGET = 20
+
+
+def test_3500_neuron_explorer_loads_within_budget(chromium, tmp_path):  # noqa: F811
+    """A 7B-size selection (32 layers x 11008 neurons, 12 groups, 5 contexts of 25 tokens each)."""
+    languages, categories, stats, examples, writes = synthetic(n_layers=32, d_mlp=11008, per_set=1170, k=5,
+                                                               window=12, seed=2)
+    t0 = time.perf_counter()
+    data = explorer_data(languages, categories, stats, examples=examples, writes=writes)
+    page = save_explorer(tmp_path / "explorer.html", data)
+    build_s = time.perf_counter() - t0
+    n = len(data["neurons"]["L"])
+    assert 3400 <= n <= 3600
+    label = f"L{data['neurons']['L'][n // 2]}.{data['neurons']['N'][n // 2]}"
+    proc, requests, proxied = run_chromium(chromium, WithFragment(page, label), tmp_path, ["--dump-dom"])
+    by_page, unexplained = check_offline(requests, proxied)
+    assert by_page == [] and unexplained == []
+    ready = re.search(r'data-ready-ms="([0-9.]+)"', proc.stdout)
+    assert ready is not None, proc.stderr[-2000:]
+    assert f'data-neuron="{label}"' in proc.stdout
+    assert proc.stdout.count("<tr data-neuron=") == 200  # the first page of rows only
+    size_mb = page.stat().st_size / 1e6
+    print(f"\n3,500-neuron explorer: {n} neurons, {size_mb:.1f} MB, ready (table + panel) in {ready[1]} ms, "
+          f"built in {build_s:.1f} s")
+    assert size_mb < SIZE_MB_BUDGET
+    assert float(ready[1]) < READY_MS_BUDGET

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tl_culture as tc
 from tests.conftest import run_in_tl3_interpreter
 
 HAS_SAELENS = False
@@ -57,8 +58,6 @@ def _sae(hook_name: str, use_error_term: bool = False, seed: int = 1):
 
 
 def _neurons():
-    import tl_culture as tc
-
     masks = torch.zeros(2, N_LAYERS, D_MLP, dtype=torch.bool)
     masks[0, 0, [1, 4, 5, 11, 20]] = True  # fa: layer 0 only
     masks[1, 0, 3:9] = True  # da: both layers
@@ -67,8 +66,6 @@ def _neurons():
 
 
 def _edit(neurons, name: str, group: str):
-    import tl_culture as tc
-
     return tc.ablate(neurons, group) if name == "ablate" else tc.scale(neurons, group, EDITS[name])
 
 
@@ -134,8 +131,6 @@ def test_logits_match_hand_composition(hook_name, edit_name, use_error_term):
 @in_process
 @pytest.mark.parametrize("hook_name", SAE_HOOKS)
 def test_feature_change_under_ablation(hook_name):
-    import tl_culture as tc
-
     model, sae, neurons, tokens = _model(), _sae(hook_name), _neurons(), _tokens()
     hook_names = set(model.hook_dict)
     edit = tc.ablate(neurons, "fa")
@@ -184,13 +179,11 @@ def test_hooks_removed_after_errors():
 @in_process
 def test_sae_on_the_edited_hook_point_is_refused():
     """An SAE attached at ``mlp.hook_post`` replaces the hook point the edit needs: tl-culture says so."""
-    from tl_culture import TLCultureError
-
     model, neurons, tokens = _model(), _neurons(), _tokens()
     torch.manual_seed(1)
     cfg = StandardSAEConfig(d_in=D_MLP, d_sae=D_SAE, metadata=SAEMetadata(hook_name="blocks.1.mlp.hook_post"))
     sae = StandardSAE(cfg)
-    with model.saes([sae]), pytest.raises(TLCultureError, match="blocks.1.mlp.hook_post"):
+    with model.saes([sae]), pytest.raises(tc.TLCultureError, match="blocks.1.mlp.hook_post"):
         with _edit(neurons, "ablate", "da").applied(model):
             model(tokens)
 

@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from tl_culture._version import __version__
-from tl_culture.cli import collect, evaluate, identify, neurons, report, run, steer
+from tl_culture.cli import collect, evaluate, explore, identify, neurons, report, run, steer
 from tl_culture.errors import TLCultureError
 from tl_culture.model.forward import is_oom
 
 #: The subcommands, in the order of the pipeline (and of ``--help``).
-COMMANDS = (collect, identify, neurons, run, evaluate, steer, report)
+COMMANDS = (collect, identify, neurons, run, evaluate, steer, report, explore)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,1 +1,1 @@
-"""Stage 2, the statistic: how often each MLP neuron fires on each group's tokens (`collect`)."""
+"""The statistic: how often each MLP neuron fires on each group's tokens (`collect`)."""

@@ -37,6 +37,7 @@ from tl_culture.counting.ranks import all_reduce_sum, any_rank, rank_world
 from tl_culture.counting.stats import ActivationStats
 from tl_culture.data.corpus import Corpus, as_corpora
 from tl_culture.data.rows import RowStream, TokenRows
+from tl_culture.data.sampling import capped_sample
 from tl_culture.errors import TLCultureError
 from tl_culture.model.fastpath import NativeForward, check_backend
 from tl_culture.model.forward import is_oom
@@ -61,10 +62,11 @@ def collect(
     distributed: bool | None = None,
     backend: str = "auto",
     attention: str | None = None,
+    sample_seed: int | None = 0,
 ) -> ActivationStats:
     """Stream every group's corpus through ``model`` and count MLP neuron activations.
 
-    Long because it documents the fifteen settings of the public API; the body is a few calls.
+    Long because it documents the sixteen settings of the public API; the body is a few calls.
     Under an initialised ``torch.distributed`` process group (``torchrun``) rank ``r`` of ``W``
     runs the batches with ``b % W == r`` and every rank returns the reduced totals.
 
@@ -74,7 +76,9 @@ def collect(
             token tensor).
         seq_len: tokens per row (including the BOS token prepended to each row).
         batch_size: rows per forward.
-        max_tokens: cap on the counted tokens per group.
+        max_tokens: cap on the counted tokens per group; the documents are shuffled first
+            (`tl_culture.data.sampling.capped_sample`, seeded ``sample_seed``), so the cap takes a
+            random sample of documents from the whole corpus, not its first files.
         pack: pack documents into full rows (no padding) rather than one document per row.
         device: where to run; default the model's device.
         with_sums: also accumulate float64 activation sums (for mean activations).
@@ -97,6 +101,7 @@ def collect(
             to the hook path (sdpa may change the sign of activations within float rounding of
             zero; docs/scale.md). The hook path always runs the bridge's attention.
             ``meta["attention"]`` records what ran.
+        sample_seed: seed of the document order under ``max_tokens`` (None: corpus order).
 
     Returns:
         `ActivationStats` with one row per group, in the order of ``corpora``.
@@ -109,7 +114,7 @@ def collect(
     check_backend(backend, attention)
     run = _start(model, corpora, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, pack=pack,
                  device=device, with_sums=with_sums, progress=progress, distributed=distributed, backend=backend,
-                 attention=attention)
+                 attention=attention, sample_seed=sample_seed)
     state, complete, ckpt = _resume(run, checkpoint_dir, checkpoint_every, checkpoint_seconds)
     t0 = time.perf_counter()
     for gi in range(len(run.streams)):
@@ -150,7 +155,7 @@ class _Run:
 def _start(
     model: Any, corpora: Mapping[str, Any], *, seq_len: int, batch_size: int, max_tokens: int | None, pack: bool,
     device: str | torch.device | None, with_sums: bool, progress: bool, distributed: bool | None, backend: str,
-    attention: str | None,
+    attention: str | None, sample_seed: int | None,
 ) -> _Run:
     """Describe the model, open the row streams (failing fast on a corpus without tokens), find
     this rank and choose the backend on the first row."""
@@ -160,12 +165,13 @@ def _start(
     rank, world = rank_world() if distributed is not False else (0, 1)  # (0, 1) without a process group
     tokenizer = getattr(model, "tokenizer", None)
     streams = {
-        g: RowStream(c, tokenizer, seq_len, block_rows=batch_size, pack=pack, max_tokens=max_tokens)
+        g: RowStream(capped_sample(c, max_tokens, sample_seed), tokenizer, seq_len, block_rows=batch_size, pack=pack,
+                     max_tokens=max_tokens)
         for g, c in named.items()
     }
     first = {g: next(iter(s)) for g, s in streams.items()}
     meta = collect_meta(model, mlp, named, seq_len=seq_len, pack=pack, max_tokens=max_tokens)
-    meta.update(batch_size=batch_size, world_size=world)
+    meta.update(batch_size=batch_size, world_size=world, sample_seed=sample_seed if max_tokens is not None else None)
     probe = probe_ids(next(iter(first.values())), dev)
     native, meta["backend"], meta["attention"], note = choose_backend(model, mlp, backend, attention, probe)
     if note:

@@ -1,1 +1,1 @@
-"""Stage 1, the text: corpora, their loaders and their tokenisation into rows of token ids."""
+"""The text: corpora, their loaders and their tokenisation into rows of token ids."""

@@ -23,6 +23,8 @@ from tl_culture.errors import TLCultureError
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_LANGUAGES = ("en", "de", "da", "zh", "ru", "fa")
+#: How `Corpus.split` chooses the held-out documents: a seeded random subset, or the corpus's head.
+SPLITS = ("random", "head")
 
 
 @dataclass
@@ -34,12 +36,15 @@ class Corpus:
         documents: the documents, in order; None for a pre-tokenized corpus.
         rows: ``int64[row, pos]`` pre-tokenized rows (every position counted); None for text.
         source: where it came from (a path or a dataset name), for metadata.
+        origins: per document, where it is in ``source``: ``"file:line"`` (the file relative to
+            a folder source, lines counted from 1); None when unknown (lists, streamed datasets).
     """
 
     name: str
     documents: list[str] | None = None
     rows: Int[torch.Tensor, "row pos"] | None = None
     source: str = ""
+    origins: list[str] | None = None
 
     def __post_init__(self) -> None:
         if (self.documents is None) == (self.rows is None):
@@ -50,6 +55,8 @@ class Corpus:
             self.rows = self.rows.long()
         if len(self) == 0:
             raise TLCultureError(f"corpus {self.name!r} ({self.source or 'given'}) is empty; give it some text")
+        if self.origins is not None and len(self.origins) != len(self):
+            raise TLCultureError(f"corpus {self.name!r}: {len(self.origins)} origins for {len(self)} documents")
 
     def __len__(self) -> int:
         return len(self.documents) if self.documents is not None else int(self.rows.shape[0])
@@ -69,23 +76,34 @@ class Corpus:
 
     def _take(self, idx: Sequence[int], suffix: str) -> Corpus:
         src = f"{self.source}#{suffix}" if self.source else suffix
+        origins = [self.origins[i] for i in idx] if self.origins is not None else None
         if self.documents is not None:
-            return Corpus(self.name, documents=[self.documents[i] for i in idx], source=src)
+            return Corpus(self.name, documents=[self.documents[i] for i in idx], source=src, origins=origins)
         return Corpus(self.name, rows=self.rows[list(idx)], source=src)
 
-    def split(self, eval_fraction: float = 0.1, seed: int = 0) -> tuple[Corpus, Corpus]:
+    def take(self, idx: Sequence[int], suffix: str) -> Corpus:
+        """The documents (or rows) at ``idx``, in that order; ``#suffix`` is added to the source."""
+        return self._take(idx, suffix)
+
+    def split(self, eval_fraction: float = 0.1, seed: int = 0, how: str = "random") -> tuple[Corpus, Corpus]:
         """Deterministic split into (selection, held-out) by document.
 
-        The held-out documents are a seeded random subset of round(eval_fraction * n) documents
-        (at least one), spread over the whole corpus. Parallel corpora with the same number of
-        documents get the same indices held out.
+        ``how="random"``: the held-out documents are a seeded random subset of
+        round(eval_fraction * n) documents (at least one), spread over the whole corpus; parallel
+        corpora with the same number of documents get the same indices held out.
+        ``how="head"``: the held-out documents are the first round(eval_fraction * n) documents
+        in corpus order (a contiguous head, as the reference protocol evaluates), the rest select.
         """
         if not 0.0 < eval_fraction < 1.0:
             raise TLCultureError(f"eval fraction must be in (0, 1), got {eval_fraction}")
+        if how not in SPLITS:
+            raise TLCultureError(f"unknown split {how!r}; use one of {', '.join(SPLITS)}")
         n = len(self)
         if n < 2:
             raise TLCultureError(f"corpus {self.name!r} has {n} document; a held-out split needs two or more")
         k = min(n - 1, max(1, round(eval_fraction * n)))
+        if how == "head":
+            return self._take(range(k, n), "select"), self._take(range(k), "heldout")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         held = sorted(perm[:k])
         keep = sorted(perm[k:])
@@ -109,6 +127,16 @@ def _read_text(path: Path) -> str:
 
 def _lines(text: str) -> list[str]:
     return [s for s in (line.strip() for line in text.splitlines()) if s]
+
+
+def _numbered_lines(path: Path, label: str) -> tuple[list[str], list[str]]:
+    """The non-empty stripped lines of a text file and their origins ``label:line``."""
+    docs, origins = [], []
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
+        if line.strip():
+            docs.append(line.strip())
+            origins.append(f"{label}:{i}")
+    return docs, origins
 
 
 def _read_jsonl(path: Path, text_field: str) -> list[str]:
@@ -187,13 +215,15 @@ def load_corpus(
             or an integer ``[row, pos]`` tensor.
         name: group name; defaults to the file or folder name.
         text_field: field holding the text in JSONL and HF datasets.
-        max_documents: keep at most this many documents (required to bound a streamed dataset).
+        max_documents: keep at most this many documents: a seeded random sample over the whole
+            corpus (every file), kept in corpus order; a streamed dataset keeps its first ones
+            (required to bound it).
     """
     if isinstance(spec, torch.Tensor):
         return Corpus(name or "rows", rows=spec, source="tensor")
     if isinstance(spec, (list, tuple)):
         docs = [str(d).strip() for d in spec if str(d).strip()]
-        return Corpus(name or "texts", documents=docs[:max_documents], source="list")
+        return _capped(Corpus(name or "texts", documents=docs, source="list"), max_documents)
     s = str(spec)
     if s.startswith("hf:"):
         docs, src = _load_hf(s, text_field, max_documents)
@@ -204,20 +234,32 @@ def load_corpus(
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise TLCultureError(f"{path}: folder has no *.txt files; point to a folder of UTF-8 text files")
-        docs = [
-            line for f in sorted(files, key=lambda p: p.relative_to(path).as_posix()) for line in _lines(_read_text(f))
-        ]
-        return Corpus(name or path.name, documents=docs[:max_documents], source=str(path))
+        docs, origins = [], []
+        for f in sorted(files, key=lambda p: p.relative_to(path).as_posix()):
+            d, o = _numbered_lines(f, f.relative_to(path).as_posix())
+            docs += d
+            origins += o
+        return _capped(Corpus(name or path.name, documents=docs, source=str(path), origins=origins), max_documents)
     if not path.is_file():
         raise TLCultureError(f"{path}: no such file or folder; check the corpus path")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        docs = _read_jsonl(path, text_field)
+        docs, origins = _read_jsonl(path, text_field), None
     elif suffix in (".pt", ".pth", ".safetensors"):
         return Corpus(default_name, rows=_load_rows(path), source=str(path))
     else:
-        docs = _lines(_read_text(path))
-    return Corpus(default_name, documents=docs[:max_documents], source=str(path))
+        docs, origins = _numbered_lines(path, path.name)
+    return _capped(Corpus(default_name, documents=docs, source=str(path), origins=origins), max_documents)
+
+
+def _capped(corpus: Corpus, max_documents: int | None, seed: int = 0) -> Corpus:
+    """At most ``max_documents`` documents: a seeded random sample over the whole corpus, in corpus order."""
+    n = len(corpus)
+    if max_documents is None or max_documents >= n:
+        return corpus
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    out = corpus.take(sorted(perm[:max_documents]), "")
+    return Corpus(corpus.name, documents=out.documents, source=corpus.source, origins=out.origins)
 
 
 def _load_rows(path: Path) -> torch.Tensor:
@@ -263,7 +305,7 @@ def demo_corpora() -> tuple[dict[str, Corpus], dict[str, Corpus]]:
 def as_corpus(name: str, x: Any) -> Corpus:
     """Coerce a corpus-like value (Corpus, path, list of strings, tensor) into a named `Corpus`."""
     if isinstance(x, Corpus):
-        return x if x.name == name else Corpus(name, x.documents, x.rows, x.source)
+        return x if x.name == name else Corpus(name, x.documents, x.rows, x.source, x.origins)
     return load_corpus(x, name=name)
 
 

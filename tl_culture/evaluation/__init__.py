@@ -1,1 +1,1 @@
-"""Stage 6, evaluation: Δ NLL of interventions on held-out text, with controls and bootstrap CIs."""
+"""Evaluation: Δ NLL of interventions on held-out text, with controls and bootstrap CIs."""

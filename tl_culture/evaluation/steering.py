@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,28 @@ def steer_eval(
     prompts: Sequence[str],
     intervention: Intervention,
     target_language: str,
+    **kwargs: Any,
+) -> SteerEval:
+    """Continue each prompt with and without ``intervention`` and measure the target-language share.
+
+    Args:
+        model: a TransformerLens model with a tokenizer.
+        prompts: the prompt texts (`read_prompts` reads a file).
+        intervention: the edit to measure.
+        target_language: the code the identifier answers for the language steered towards.
+        **kwargs: the settings of `steer_evals` (controls, exclude, modes, temperature, top_k,
+            max_new_tokens, seed, batch_size, identifier, stop_at_eos, cache, progress).
+
+    Returns:
+        A `SteerEval` (``save``/``load``, ``rate``, ``table``).
+    """
+    return steer_evals(model, prompts, {target_language: intervention}, **kwargs)[target_language]
+
+
+def steer_evals(
+    model: Any,
+    prompts: Sequence[str],
+    edits: Mapping[str, Intervention],
     *,
     controls: int = 1,
     exclude: Bool[torch.Tensor, "layer neuron"] | None = None,
@@ -89,62 +111,75 @@ def steer_eval(
     stop_at_eos: bool = True,
     cache: bool | None = None,
     progress: bool = False,
-) -> SteerEval:
-    """Continue each prompt with and without ``intervention`` and measure the target-language share.
+) -> dict[str, SteerEval]:
+    """`steer_eval` for several target languages at once: the baseline continuations are shared.
 
     Args:
         model: a TransformerLens model with a tokenizer.
-        prompts: the prompt texts (`read_prompts` reads a file).
-        intervention: the edit to measure.
-        target_language: the code the identifier answers for the language steered towards.
-        controls: random-neuron control draws K (0: no control).
+        prompts: the prompt texts.
+        edits: target language code -> the edit steering towards it.
+        controls: random-neuron control draws K per target (0: no control).
         exclude: neurons the controls never draw besides the edited ones (e.g. every neuron
             selected in the run, `tl_culture.intervene.controls.selected_union`).
         modes: decoding modes, a subset of `MODES`.
-        temperature: temperature of the ``sampled`` mode (> 0).
-        top_k: the ``sampled`` mode draws among the top_k tokens (None = all).
-        max_new_tokens: tokens per continuation.
+        temperature, top_k: the ``sampled`` mode's temperature (> 0) and top-k (None = all tokens).
+        max_new_tokens, batch_size, cache: see `tl_culture.intervene.decode.decode`.
         seed: sampling seed (prompt i uses ``seed + i``) and seed of the control draws.
-        batch_size: prompts decoded together.
         identifier: ``text -> language code``; default `LanguageIdentifier()`.
         stop_at_eos: end a continuation at the tokenizer's EOS token.
-        cache: decode with a KV cache (see `tl_culture.intervene.decode.decode`).
         progress: print one line per decoded condition.
-
-    Returns:
-        A `SteerEval` (``save``/``load``, ``rate``, ``table``).
     """
     _check(prompts, modes, temperature, controls, max_new_tokens)
     identify = identifier or LanguageIdentifier()
-    intervention.validate(model)
     ids = [prompt_ids(model, p) for p in prompts]
     tok = getattr(model, "tokenizer", None)
     eos = getattr(tok, "eos_token_id", None) if stop_at_eos else None
-    excluded = intervention.mask | (exclude if exclude is not None else torch.zeros_like(intervention.mask))
-    conditions = _conditions(intervention, controls, seed, excluded)
-    outputs = []
+    dec = {"max_new_tokens": max_new_tokens, "top_k": top_k, "seed": seed, "eos": eos, "batch_size": batch_size,
+           "cache": cache}
+    conditions = {}
+    for target, edit in edits.items():
+        edit.validate(model)
+        excluded = edit.mask | (exclude if exclude is not None else torch.zeros_like(edit.mask))
+        conditions[target] = _conditions(edit, controls, seed, excluded)[1:]
+    outputs: dict[str, list[dict[str, Any]]] = {t: [] for t in edits}
     for mode in modes:
         temp = 0.0 if mode == "greedy" else float(temperature)
-        for cond, draw, edit in conditions:
-            gen = decode(model, ids, edit, max_new_tokens=max_new_tokens, temperature=temp, top_k=top_k,
-                         seed=seed, eos=eos, batch_size=batch_size, cache=cache)
-            for i, text in enumerate(_texts(model, gen)):
-                outputs.append({"prompt": i, "mode": mode, "condition": cond, "draw": draw, "text": text,
-                                "language": identify(text)})
-            if progress:
-                langs = Counter(o["language"] for o in outputs[-len(gen):])
-                print(f"steer_eval: {mode} {cond} {draw}: {dict(langs.most_common(4))}", flush=True)
+        base = _run(model, ids, None, identify, mode, "baseline", 0, temp, dec, progress)
+        for target, conds in conditions.items():
+            outputs[target] += base
+            for cond, draw, edit in conds:
+                outputs[target] += _run(model, ids, edit, identify, mode, cond, draw, temp, dec, progress)
+    meta = _meta(model, identify, controls, exclude is not None, modes, temperature, max_new_tokens, top_k, seed,
+                 stop_at_eos)
+    return {t: SteerEval(t, list(prompts), outputs[t], {**meta, "intervention": edits[t].name,
+                                                        "control": [e.name for _, _, e in conditions[t][1:]]})
+            for t in edits}
+
+
+def _meta(model: Any, identify: Callable[[str], str], controls: int, excludes: bool, modes: Sequence[str],
+          temperature: float, max_new_tokens: int, top_k: int | None, seed: int, stop_at_eos: bool) -> dict[str, Any]:
     describe = getattr(identify, "describe", None)
-    meta = {
-        "model": model_name(model), "intervention": intervention.name,
-        "control": [e.name for c, _, e in conditions if c == "control"], "controls": controls,
-        "control_excludes": "edited neurons" + (" and the given selected neurons" if exclude is not None else ""),
+    return {
+        "model": model_name(model), "controls": controls,
+        "control_excludes": "edited neurons" + (" and the given selected neurons" if excludes else ""),
         "decoding": {"modes": list(modes), "temperature": float(temperature), "top_k": top_k,
                      "max_new_tokens": max_new_tokens, "seed": seed, "stop_at_eos": stop_at_eos},
         "identifier": describe() if callable(describe) else {"name": getattr(identify, "__name__", "custom")},
         "level": CI_LEVEL,
     }
-    return SteerEval(target_language, list(prompts), outputs, meta)
+
+
+def _run(model: Any, ids: list[torch.Tensor], edit: Intervention | None, identify: Callable[[str], str], mode: str,
+         cond: str, draw: int, temperature: float, dec: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
+    """Decode every prompt under one condition; one output record per prompt."""
+    gen = decode(model, ids, edit, temperature=temperature, **dec)
+    out = [{"prompt": i, "mode": mode, "condition": cond, "draw": draw, "text": text, "language": identify(text)}
+           for i, text in enumerate(_texts(model, gen))]
+    if progress:
+        langs = Counter(o["language"] for o in out)
+        name = edit.name if edit is not None else "no edit"
+        print(f"steer_eval: {mode} {cond} {draw} ({name}): {dict(langs.most_common(4))}", flush=True)
+    return out
 
 
 def _check(prompts: Sequence[str], modes: Sequence[str], temperature: float, controls: int,
@@ -162,4 +197,4 @@ def _check(prompts: Sequence[str], modes: Sequence[str], temperature: float, con
         raise TLCultureError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
 
 
-__all__ = ["MODES", "read_prompts", "steer_eval"]
+__all__ = ["MODES", "read_prompts", "steer_eval", "steer_evals"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tl_culture.data.corpus import Corpus, demo_corpora, load_corpus
+from tl_culture.data.corpus import SPLITS, Corpus, demo_corpora, load_corpus
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.delta import EVAL_MODES
 from tl_culture.model.fastpath import ATTENTIONS, BACKENDS, check_backend
@@ -73,6 +73,9 @@ class ExperimentConfig:
         "keep at most this many documents per culture corpus (default: --max-documents)", check="positive"))
     eval_fraction: float = field(default=0.15, metadata=_opt(
         "share of each corpus's documents held out for evaluation", check="rate"))
+    split: str = field(default="random", metadata=_opt(
+        "random: a seeded random share of each corpus's documents is held out; head: its first documents "
+        "(a contiguous head, the reference protocol), the rest select", choices=SPLITS))
     top_rate: float = field(default=TOP_RATE, metadata=_opt("LAPE: share of all neurons selected", check="rate"))
     filter_rate: float = field(default=FILTER_RATE, metadata=_opt(
         "LAPE: a candidate has some group's P above this quantile of all P", check="rate"))
@@ -103,15 +106,29 @@ class ExperimentConfig:
     eval_mode: str = field(default="matched", metadata=_opt(
         "matched: language sets on language text, culture-side sets on culture text; all: every set on "
         "every text", choices=EVAL_MODES))
+    examples: bool = field(default=True, metadata=_opt(
+        "skip the selected neurons' top activating contexts and direct effects (examples.safetensors, "
+        "writes.safetensors; the report's neuron explorer shows them)", flag="--no-examples"))
+    examples_tokens: int | None = field(default=20_000, metadata=_opt(
+        "tokens scanned per group for the top activating contexts; null in a JSON config scans every "
+        "selection token", check="positive"))
     stability: bool = field(default=False, metadata=_opt(
         "also select on two disjoint halves of every selection corpus and save the per-group Jaccard "
         "(stability.json; doubles the counting)"))
+    prompts: str | None = field(default=None, metadata=_opt(
+        "steering prompts, one per line: set each language's neurons to their mean on that language and "
+        "measure the share of greedy continuations in that language, vs random neurons (steering/*.json)",
+        metavar="FILE"))
+    steer_tokens: int = field(default=24, metadata=_opt(
+        "new tokens per steering continuation", check="positive"))
     report: bool = field(default=True, metadata=_opt(
         "skip report.html (figures, tables, token views; needs the viz extra)", flag="--no-report"))
 
     def __post_init__(self) -> None:
         self._check_numbers()
         check_backend(self.backend, self.attention, flags=True)
+        if self.split not in SPLITS:
+            raise TLCultureError(f"--split must be {' or '.join(SPLITS)}, got {self.split!r}")
         if self.eval_mode not in EVAL_MODES:
             raise TLCultureError(f"--eval-mode must be {' or '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if bool(self.languages) != bool(self.cultures):
@@ -133,6 +150,10 @@ class ExperimentConfig:
                 raise TLCultureError(f"{name.replace('_', '-')} must be in (0, 1), got {v}")
         if self.eval_tokens is not None and self.eval_tokens < 1:
             raise TLCultureError(f"--eval-tokens must be positive, got {self.eval_tokens}")
+        if self.examples_tokens is not None and self.examples_tokens < 1:
+            raise TLCultureError(f"--examples-tokens must be positive, got {self.examples_tokens}")
+        if self.steer_tokens < 1:
+            raise TLCultureError(f"--steer-tokens must be positive, got {self.steer_tokens}")
         if self.eval_batch_size < 1:
             raise TLCultureError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
         if self.control_seeds < 0 or self.bootstrap < 0:
@@ -154,8 +175,12 @@ class ExperimentConfig:
         return own if own is not None else getattr(self, name)
 
     def collect_kwargs(self, side: str | None = None) -> dict[str, Any]:
-        """The `collect` settings of this experiment; with ``side``, that side's ``max_tokens``."""
+        """The `collect` settings of this experiment; with ``side``, that side's ``max_tokens``.
+
+        A token cap samples documents with the experiment's ``seed`` (``sample_seed``).
+        """
         kw = {name: getattr(self, name) for name in COLLECT_FIELDS}
+        kw["sample_seed"] = self.seed
         if side is not None:
             kw["max_tokens"] = self.cap("max_tokens", side)
         return kw
@@ -204,8 +229,9 @@ class ExperimentConfig:
         for table in ("languages", "cultures"):
             if table in data:
                 data[table] = {str(k): _resolve(v, p.parent) for k, v in dict(data[table]).items()}
-        if "model" in data:
-            data["model"] = _resolve(data["model"], p.parent)
+        for key in ("model", "prompts"):
+            if key in data:
+                data[key] = _resolve(data[key], p.parent)
         merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
         if "out" not in merged:
             raise TLCultureError(f"config {p} has no 'out'; give --out")

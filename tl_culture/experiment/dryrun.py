@@ -158,14 +158,18 @@ class RunPlan:
                  and c.tokens * cfg.eval_fraction < cfg.eval_tokens]
         if cfg.evaluate and short:
             evaluate += f"; held out fewer than eval_tokens, scored whole: {', '.join(short)}"
+        examples = (f"top contexts of every selected neuron in {len(self.corpora)} groups' selection text, "
+                    f"{'every' if cfg.examples_tokens is None else f'up to {cfg.examples_tokens:,}'} tokens each; "
+                    "direct effects through the unembedding")
         return [
             f"  1. count      {len(self.corpora)} groups, {amount} of {cfg.seq_len:,} tokens "
             f"(batches of {cfg.batch_size}, backend {cfg.backend})",
             f"  2. select     LAPE top {cfg.top_rate:g}, filter {cfg.filter_rate:g}, bar {cfg.activation_bar_ratio:g}; "
             f"categories {', '.join(CATEGORIES)}",
-            f"  3. evaluate   {evaluate if cfg.evaluate else 'off'}",
-            f"  4. stability  {'on: the count stage again on two halves' if cfg.stability else 'off'}",
-            f"  5. report     {'report.html (needs the viz extra)' if cfg.report else 'off'}",
+            f"  3. examples   {examples if cfg.examples else 'off'}",
+            f"  4. evaluate   {evaluate if cfg.evaluate else 'off'}",
+            f"  5. stability  {'on: the count stage again on two halves' if cfg.stability else 'off'}",
+            f"  6. report     {'report.html (needs the viz extra)' if cfg.report else 'off'}",
         ]
 
 

@@ -8,8 +8,13 @@
     neurons.txt                      the neuron tables as text
     nll/{category}.json              Δ NLL matrices (when the run evaluated)
     stability.json                   split-half Jaccard per group (when the run measured it)
+    steering/{language}.json         measured steering, `SteerEval` (when the run had prompts)
     samples.json                     a few held-out documents per corpus (the report's token views)
+    documents.json                   which documents each stage read (per file: count, line ranges)
+    examples.safetensors             top activating contexts of the selected neurons (`NeuronExamples`)
+    writes.safetensors               their direct effects on the logits (`NeuronWrites`)
     report.html, figures/            the report
+    explorer.html                    the neuron explorer alone (`tl-culture explore`)
 
 A run is written into a staging folder beside its destination (`RunDir.staged`), which replaces
 the destination only when every stage has succeeded, so a failing run never damages an earlier
@@ -33,7 +38,10 @@ from tl_culture.counting.stats import ActivationStats
 from tl_culture.data.corpus import Corpus
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.matrix import NLLMatrix
+from tl_culture.evaluation.steer_result import SteerEval
 from tl_culture.experiment.config import CATEGORIES
+from tl_culture.explore.examples import NeuronExamples
+from tl_culture.explore.writes import NeuronWrites
 from tl_culture.selection.neurons import NeuronSet
 
 #: The two kinds of statistics a run counts, one file each.
@@ -60,6 +68,10 @@ class RunContents:
         neuron_table: ``neurons.txt``; ``""`` when absent.
         samples: ``{"languages" | "cultures": {name: [document, ...]}}``; None for a folder
             without ``samples.json``.
+        stats_language: the language statistics; None when the file is absent.
+        examples: the selected neurons' top contexts; None when the run did not compute them.
+        writes: their direct effects; None when the run did not compute them.
+        steering: target language -> measured steering; None when the run had no prompts.
     """
 
     summary: dict[str, Any]
@@ -69,6 +81,10 @@ class RunContents:
     stats_culture: ActivationStats | None
     neuron_table: str
     samples: dict[str, dict[str, list[str]]] | None
+    stats_language: ActivationStats | None = None
+    examples: NeuronExamples | None = None
+    writes: NeuronWrites | None = None
+    steering: dict[str, SteerEval] | None = None
 
 
 class RunDir:
@@ -84,9 +100,14 @@ class RunDir:
     NLL = "nll"
     STABILITY = "stability.json"
     SAMPLES = "samples.json"
+    DOCUMENTS = "documents.json"
     REPORT = "report.html"
     FIGURES = "figures"
     LANGUAGE_NEURONS = "languages"
+    EXAMPLES = "examples.safetensors"
+    WRITES = "writes.safetensors"
+    EXPLORER = "explorer.html"
+    STEERING = "steering"
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -184,11 +205,26 @@ class RunDir:
         for name, m in matrices.items():
             m.save(self.nll_path(name))
 
+    def write_steering(self, evals: Mapping[str, SteerEval]) -> None:
+        """``steering/{language}.json``, one `SteerEval` per target language."""
+        (self.path / self.STEERING).mkdir(parents=True, exist_ok=True)
+        for target, ev in evals.items():
+            ev.save(self.path / self.STEERING / f"{target}.json")
+
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_json_atomic(self.summary_path, summary)
 
     def write_stability(self, stability: Mapping[str, Mapping[str, float]]) -> None:
         write_json_atomic(self.stability_path, stability)
+
+    def write_documents(self, record: Mapping[str, Any]) -> None:
+        """``documents.json``: the documents each stage read (`tl_culture.data.sampling.document_record`)."""
+        write_json_atomic(self.path / self.DOCUMENTS, record)
+
+    def read_documents(self) -> dict[str, Any] | None:
+        """``documents.json``, or None for a folder written without it."""
+        path = self.path / self.DOCUMENTS
+        return self._json(path, self.DOCUMENTS) if path.is_file() else None
 
     def write_samples(self, languages: Mapping[str, Corpus], cultures: Mapping[str, Corpus]) -> None:
         """``samples.json``: the first `SAMPLES_PER_CORPUS` documents of each held-out corpus.
@@ -202,6 +238,11 @@ class RunDir:
         body = {kind: {name: first(c) for name, c in held.items()}
                 for kind, held in zip(SAMPLE_KINDS, (languages, cultures), strict=True)}
         write_json_atomic(self.samples_path, {"format": SAMPLES_FORMAT, **body})
+
+    def write_examples(self, examples: NeuronExamples, writes: NeuronWrites) -> None:
+        """The selected neurons' top contexts and direct effects (the report's neuron explorer)."""
+        examples.save(self.path / self.EXAMPLES)
+        writes.save(self.path / self.WRITES)
 
     def write_report(self, html: str) -> Path:
         """``report.html`` (atomic); returns its path."""
@@ -270,8 +311,21 @@ class RunDir:
             raise TLCultureError(f"{self.samples_path}: not a held-out samples file; rerun `tl-culture run`")
         return {k: {str(n): list(docs) for n, docs in raw[k].items()} for k in SAMPLE_KINDS}
 
+    def read_examples(self) -> tuple[NeuronExamples | None, NeuronWrites | None]:
+        """``(examples, writes)``; each None when its file is absent."""
+        ex, wr = self.path / self.EXAMPLES, self.path / self.WRITES
+        return (NeuronExamples.load(ex) if ex.is_file() else None, NeuronWrites.load(wr) if wr.is_file() else None)
+
+    def read_steering(self) -> dict[str, SteerEval] | None:
+        """Every ``steering/*.json`` by target language (sorted), or None without the folder."""
+        folder = self.path / self.STEERING
+        if not folder.is_dir():
+            return None
+        return {p.stem: SteerEval.load(p) for p in sorted(folder.glob("*.json"))}
+
     def load(self) -> RunContents:
         """Everything the report shows (see `RunContents`)."""
+        examples, writes = self.read_examples()
         return RunContents(
             summary=self.read_summary(),
             languages=self.read_language_neurons(),
@@ -280,4 +334,8 @@ class RunDir:
             stats_culture=self.read_stats("culture"),
             neuron_table=self.read_neuron_table(),
             samples=self.read_samples(),
+            stats_language=self.read_stats("language"),
+            examples=examples,
+            writes=writes,
+            steering=self.read_steering(),
         )

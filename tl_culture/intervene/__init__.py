@@ -1,1 +1,1 @@
-"""Stage 5, interventions: edits of selected neurons as TransformerLens hooks, and steered generation."""
+"""Interventions: edits of selected neurons as TransformerLens hooks, and steered generation."""

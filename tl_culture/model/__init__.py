@@ -1,1 +1,1 @@
-"""Stage 0, the model: loading, the MLP hook points every later stage reads, and how a forward runs."""
+"""The model: loading, the MLP hook points every later stage reads, and how a forward runs."""

@@ -5,6 +5,7 @@ circuitsvis and matplotlib are imported only when a view or a figure is made
 report as the last stage of a run.
 """
 
+from tl_culture.report.explorer import explorer_data, save_explorer, write_explorer
 from tl_culture.report.figures import (
     Figure,
     diagonal_mask,
@@ -30,6 +31,7 @@ __all__ = [
     "colored_tokens",
     "colored_tokens_multi",
     "diagonal_mask",
+    "explorer_data",
     "external_references",
     "load_run",
     "neuron_activations",
@@ -38,9 +40,11 @@ __all__ = [
     "plot_layer_distribution",
     "plot_overlap",
     "report_stage",
+    "save_explorer",
     "save_views",
     "token_activations",
     "topk_tokens",
     "views_html",
+    "write_explorer",
     "write_report",
 ]

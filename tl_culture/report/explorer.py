@@ -18,6 +18,7 @@ activation of each context is kept to four significant digits).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from markupsafe import Markup
 from tl_culture._io import write_text_atomic
 from tl_culture.counting.stats import ActivationStats
 from tl_culture.errors import TLCultureError
+from tl_culture.experiment.rundir import STATS_KINDS, RunDir
 from tl_culture.explore.examples import NeuronExamples
 from tl_culture.explore.writes import NeuronWrites
 from tl_culture.report.html import circuitsvis_library, external_references, page, render
@@ -233,15 +235,20 @@ def _json_script(data: Mapping[str, Any]) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def explorer_section(data: Mapping[str, Any]) -> Markup:
-    """The explorer as an HTML fragment (its own style and script; circuitsvis must be on the page)."""
+def explorer_section(data: Mapping[str, Any], heading: bool = True) -> Markup:
+    """The explorer as an HTML fragment with its own style and script.
+
+    The contexts are drawn with circuitsvis when its library is on the page before the fragment
+    (else as plain colored tokens). ``heading``: start with an ``<h2>`` (the report has its own).
+    """
     return render("explorer.html.j2", css=Markup(_asset("explorer.css")), js=Markup(_asset("explorer.js")),
-                  data=Markup(_json_script(data)), n_neurons=len(data["neurons"]["L"]), model=data.get("model", ""))
+                  data=Markup(_json_script(data)), n_neurons=len(data["neurons"]["L"]), model=data.get("model", ""),
+                  heading=heading)
 
 
 def explorer_page(data: Mapping[str, Any], title: str = "tl-culture neuron explorer") -> str:
     """A complete offline HTML page holding the explorer and circuitsvis' library (once)."""
-    body = f"<script>{circuitsvis_library()}</script>\n{explorer_section(data)}"
+    body = f"<h1>{html.escape(title)}</h1>\n<script>{circuitsvis_library()}</script>\n{explorer_section(data)}"
     text = page(title, body)
     bad = external_references(text)
     if bad:
@@ -253,3 +260,22 @@ def save_explorer(path: str | os.PathLike, data: Mapping[str, Any], title: str =
     """Write `explorer_page` to ``path`` (atomic); returns the path."""
     write_text_atomic(path, explorer_page(data, title))
     return Path(path)
+
+
+def write_explorer(
+    run_dir: str | os.PathLike | RunDir, out: str | os.PathLike | None = None, *, contexts: int = CONTEXTS
+) -> Path:
+    """Write the explorer of a run folder as one offline page (default ``{run_dir}/explorer.html``).
+
+    It shows what the folder holds: the neuron sets and statistics, and the top contexts and
+    direct effects when the run computed them (``examples.safetensors``, ``writes.safetensors``).
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    examples, writes = run.read_examples()
+    summary = run.read_summary()
+    model = str(summary.get("model") or summary.get("config", {}).get("model", ""))
+    data = explorer_data(run.read_language_neurons(), run.read_categories(),
+                         {kind: run.read_stats(kind) for kind in STATS_KINDS}, examples=examples, writes=writes,
+                         contexts=contexts, model=model)
+    title = f"Neuron explorer of {model}" if model else "tl-culture neuron explorer"
+    return save_explorer(out if out is not None else run.path / run.EXPLORER, data, title)

@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from tl_culture.evaluation.matrix import NLLMatrix
 from tl_culture.experiment.rundir import RunContents
+from tl_culture.report.explorer import explorer_data, explorer_section
 from tl_culture.report.figures import (
     Figure,
     diagonal_mask,
@@ -26,7 +27,7 @@ from tl_culture.report.figures import (
     plot_layer_distribution,
     plot_overlap,
 )
-from tl_culture.report.html import render, views_html
+from tl_culture.report.html import circuitsvis_library, render, views_html
 from tl_culture.report.tokens import colored_tokens_multi, topk_tokens
 from tl_culture.selection.neurons import NeuronSet
 
@@ -240,6 +241,37 @@ def nll(ctx: ReportContext) -> str:
     return render("nll.html.j2", matrices=matrices)
 
 
+# --------------------------------------------------------------------------- steering
+def _pct(rate: float | None, ci: Any = None, signed: bool = False) -> str:
+    if rate is None:
+        return "–"
+    text = f"{rate:+.1%}" if signed else f"{rate:.1%}"
+    if ci and None not in ci:
+        text += f" [{ci[0]:+.1%}, {ci[1]:+.1%}]" if signed else f" [{ci[0]:.1%}, {ci[1]:.1%}]"
+    return text
+
+
+def steering(ctx: ReportContext) -> str:
+    """The measured steering table (``steering/*.json``): baseline, steered and control rates per language."""
+    evals = ctx.run.steering or {}
+    head = ["target", "edit", "baseline", "steered", "random control", "steered − control"]
+    rows, first = [], None
+    for target, ev in evals.items():
+        d = ev.to_dict()
+        first = first or ev
+        rows.append([target, ev.meta.get("intervention", ""), _pct(d.get("baseline_rate"), d.get("baseline_ci")),
+                     _pct(d.get("steered_rate"), d.get("steered_ci")), _pct(d.get("control_rate"), d.get("control_ci")),
+                     _pct(d.get("steered_minus_control"), d.get("steered_minus_control_ci"), signed=True)])
+    if first is None:
+        return render("steering.html.j2", rows=[])
+    dec = first.meta.get("decoding", {})
+    how = f"{'greedily' if first.modes[0] == 'greedy' else 'with sampling'} for {dec.get('max_new_tokens')} tokens"
+    ident, meta = first.meta.get("identifier", {}), first.meta
+    return render("steering.html.j2", head=head, rows=rows, n_prompts=first.n_prompts, how=how,
+                  identifier=f"{ident.get('name', '?')} {ident.get('version') or ''}".strip(),
+                  controls=f"{meta.get('controls', 0)} draw(s), {meta.get('control_excludes', '')} excluded")
+
+
 # --------------------------------------------------------------------------- token views
 def top_neurons(cats: Mapping[str, NeuronSet], stats: Any, per_group: int = 1) -> list[tuple[int, int]]:
     """Per culture, its culture neuron with the largest ``P[c] − max_{c' ≠ c} P[c']`` (the most specific)."""
@@ -292,6 +324,22 @@ def tokens(ctx: ReportContext) -> str:
                   held_out=ctx.texts is None)
 
 
+# --------------------------------------------------------------------------- neuron explorer
+def explorer(ctx: ReportContext) -> str:
+    """The neuron explorer (`tl_culture.report.explorer`): every selected neuron, a panel per neuron.
+
+    Its contexts are drawn with circuitsvis: the library comes with the token views when they are
+    drawn (an earlier section), else with this section.
+    """
+    run = ctx.run
+    data = explorer_data(run.languages, run.categories, {"language": run.stats_language, "culture": run.stats_culture},
+                         examples=run.examples, writes=run.writes, model=ctx.model_name)
+    texts = ctx.texts if ctx.texts is not None else held_out_texts(run)
+    with_views = ctx.model is not None and bool(texts)
+    library = "" if with_views or run.examples is None else f"<script>{circuitsvis_library()}</script>\n"
+    return library + explorer_section(data, heading=False)
+
+
 # --------------------------------------------------------------------------- the list
 @dataclass(frozen=True)
 class Section:
@@ -311,5 +359,7 @@ REPORT_SECTIONS = (
     Section("overlap", "Overlap", "Overlap", overlap),
     Section("categories", "Categories", "Categories", categories),
     Section("nll", "Δ NLL", "Δ NLL under ablation", nll),
+    Section("steering", "Steering", "Measured steering", steering),
     Section("tokens", "Token views", "Token views", tokens),
+    Section("explorer", "Explorer", "Neuron explorer", explorer),
 )

@@ -1,1 +1,1 @@
-"""Stage 4, selection: LAPE (`identify`), neuron sets and their culture categories, split-half stability."""
+"""Selection: LAPE (`identify`), neuron sets and their culture categories, split-half stability."""

@@ -34,6 +34,10 @@
     return e;
   }
   function fmt(x, d) { return x == null ? "–" : Number(x).toFixed(d); }
+  function num(x) {  // three significant digits, no exponent
+    var a = Math.abs(x);
+    return a >= 100 ? x.toFixed(0) : a >= 10 ? x.toFixed(1) : a >= 1 ? x.toFixed(2) : x.toFixed(3);
+  }
   function catText(tags) {
     return tags.map(function (t) { var p = t.split(":"); return p.length > 1 ? p[0] + " (" + p[1] + ")" : t; }).join(", ");
   }
@@ -141,7 +145,7 @@
   function tokenList(title, items) {
     if (!items) return null;
     return h("div", { class: "tlx-tokens" }, [h("h4", { text: title }), h("ol", {}, items.map(function (t) {
-      return h("li", {}, [h("code", { text: JSON.stringify(S[t[0]]) }), " " + fmt(t[1], 3)]);
+      return h("li", {}, [h("code", { text: JSON.stringify(S[t[0]]) }), " " + num(t[1])]);
     }))]);
   }
   function contextTokens(g, c, vmax) {

@@ -1,0 +1,57 @@
+"""`run_experiment` records which documents each stage read (documents.json), sampled across files."""
+
+from __future__ import annotations
+
+from tests.data.test_sampling import FILES
+from tl_culture.experiment.config import ExperimentConfig
+from tl_culture.experiment.run import run_experiment
+from tl_culture.experiment.rundir import RunDir
+
+
+def _corpora(tmp_path):
+    langs, cults = {}, {}
+    for g in ("en", "de"):
+        lang = tmp_path / f"{g}.txt"
+        lang.write_text("\n".join(f"{g} general text number {i}" for i in range(40)) + "\n", encoding="utf-8")
+        langs[g] = str(lang)
+        root = tmp_path / f"murel_{g}"
+        for name, genre in FILES.items():
+            p = root / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("\n".join(f"{g} {genre} line {i} the cat sat" for i in range(25)) + "\n", encoding="utf-8")
+        cults[g] = str(root)
+    return langs, cults
+
+
+def test_documents_json_spans_every_file(tmp_path, tiny_hf_model):
+    langs, cults = _corpora(tmp_path)
+    kw = dict(languages=langs, cultures=cults, seq_len=32, max_tokens=600, top_rate=0.1, progress=False,
+              evaluate=False, report=False, eval_tokens=60)
+    run_experiment(ExperimentConfig(out=str(tmp_path / "run"), **kw), model=tiny_hf_model)
+    docs = RunDir.open(tmp_path / "run").read_documents()
+    assert docs["split"] == "random" and set(docs["selection"]) == {"language", "culture"}
+    for g in ("en", "de"):
+        sel = docs["selection"]["culture"][g]
+        assert sel["max_tokens"] == 600 and sel["used"] < sel["documents"]
+        assert sorted(sel["files"]) == sorted(FILES)  # the cap read every file, not the first one
+        held = docs["evaluation"][f"cult:{g}"]
+        assert len(held["files"]) >= 2 and held["documents"] == 15  # 15 % of 100 documents held out
+    # no line is both selected and held out
+    for g in ("en", "de"):
+        sel, held = docs["selection"]["culture"][g]["files"], docs["evaluation"][f"cult:{g}"]["files"]
+        for f in set(sel) & set(held):
+            assert not _lines(sel[f]["lines"]) & _lines(held[f]["lines"])
+    # the reference protocol: a contiguous head of each corpus is held out
+    run_experiment(ExperimentConfig(out=str(tmp_path / "head"), split="head", **kw), model=tiny_hf_model)
+    head = RunDir.open(tmp_path / "head").read_documents()
+    assert head["split"] == "head"
+    first = head["evaluation"]["cult:en"]["files"]
+    assert list(first) == ["a_proverbs.txt"] and first["a_proverbs.txt"]["documents"] == 15
+
+
+def _lines(ranges: str) -> set[int]:
+    out: set[int] = set()
+    for part in filter(None, ranges.split(",")):
+        a, _, b = part.partition("-")
+        out |= set(range(int(a), int(b or a) + 1))
+    return out
