@@ -22,6 +22,8 @@ from tl_culture.data.corpus import Corpus, demo_corpora, load_corpus, load_murel
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.delta import delta_nll
 from tl_culture.evaluation.matrix import NLLMatrix
+from tl_culture.evaluation.steer_result import SteerEval
+from tl_culture.evaluation.steering import read_prompts, steer_eval
 from tl_culture.explore.examples import NeuronExamples
 from tl_culture.explore.scan import top_examples
 from tl_culture.intervene.interventions import Intervention, ablate, combine, random_like, scale, set_to
@@ -41,6 +43,7 @@ __all__ = [
     "NLLMatrix",
     "NeuronExamples",
     "NeuronSet",
+    "SteerEval",
     "SteerResult",
     "TLCultureError",
     "ablate",
@@ -55,8 +58,10 @@ __all__ = [
     "load_model",
     "load_murel",
     "random_like",
+    "read_prompts",
     "scale",
     "set_to",
     "split_half_stability",
+    "steer_eval",
     "top_examples",
 ]

@@ -102,7 +102,7 @@ def test_run_cli_eval_options(tmp_path):
     got = (c.eval_tokens, c.control_seeds, c.eval_mode, c.evaluate, c.bootstrap, c.eval_batch_size)
     assert got == (5, 2, "all", False, 0, 3)
     d = config_from_args(build_parser().parse_args(["run"]))
-    assert (d.eval_tokens, d.control_seeds, d.eval_mode, d.evaluate, d.bootstrap) == (128, 1, "matched", True, 1000)
+    assert (d.eval_tokens, d.control_seeds, d.eval_mode, d.evaluate, d.bootstrap) == (128, 5, "matched", True, 1000)
     # a config file fills what the command line leaves out; the command line wins
     (tmp_path / "c.toml").write_text('out = "o"\neval_tokens = 64\ncontrol_seeds = 3\n[languages]\nen = "en.txt"\n'
                                      '[cultures]\nen = "en.txt"\n')
@@ -121,7 +121,7 @@ def test_help_shows_the_real_defaults(capsys):
     assert "(default: 0.01)" in option_help(text, "--top-rate", RUN_FLAGS)
     assert "(default: 128)" in option_help(text, "--eval-tokens", RUN_FLAGS)
     assert "(default: 0.95)" in option_help(text, "--bar-ratio", RUN_FLAGS)
-    assert "(default: 1)" in option_help(text, "--controls", RUN_FLAGS)
+    assert "(default: 5)" in option_help(text, "--controls", RUN_FLAGS)
     assert "(default: runs/demo)" in option_help(text, "--out", RUN_FLAGS)
     assert "None" not in text  # no dead defaults
     for f in fields(ExperimentConfig):  # every option with a value shows the dataclass default

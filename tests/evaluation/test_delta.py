@@ -8,6 +8,7 @@ import torch
 from tests.conftest import hand_nll, random_rows, xy_corpora
 from tl_culture import Corpus, NeuronSet, TLCultureError
 from tl_culture.evaluation.bootstrap import control_seed
+from tl_culture.evaluation.controls import control_ablations
 from tl_culture.evaluation.delta import BASELINE, Run, delta_nll, evaluate_categories, summarize
 from tl_culture.intervene.interventions import ablate, random_like
 
@@ -83,13 +84,22 @@ def test_control_delta_is_mean_over_seeds(tiny_models, ab_neurons):
     model = tiny_models["dense"]
     ev = {"x": Corpus("x", rows=random_rows(3, 2))}
     res = delta_nll(model, ev, ab_neurons, seq_len=12, max_tokens=None, controls=2, bootstrap=0, seed=1,
-                    progress=False)
+                    progress=False, exclude_selected=False)
     ids = ev["x"].rows
     base = hand_nll(model, ids)
     for gi, g in enumerate(ab_neurons.groups):
         d = [hand_nll(model, ids, random_like(ab_neurons, g, control_seed(1, s, gi)).fwd_hooks(model)) - base
              for s in range(2)]
         assert res.control_delta[gi, 0].item() == pytest.approx(sum(d) / 2, abs=1e-5)
+    # the default: draws outside every selected neuron (as far as the tiny layers allow)
+    with pytest.warns(UserWarning, match="also draws excluded neurons"):
+        res = delta_nll(model, ev, ab_neurons, seq_len=12, max_tokens=None, controls=2, bootstrap=0, seed=1,
+                        progress=False)
+        draws = control_ablations(ab_neurons, ab_neurons.groups, 2, 1, ab_neurons.masks.any(0))
+    for gi, g in enumerate(ab_neurons.groups):
+        d = [hand_nll(model, ids, draws[g, s].fwd_hooks(model)) - base for s in range(2)]
+        assert res.control_delta[gi, 0].item() == pytest.approx(sum(d) / 2, abs=1e-5)
+        assert res.paired_delta[gi, 0].item() == pytest.approx(res.delta[gi, 0].item() - sum(d) / 2, abs=1e-5)
 
 
 def test_delta_nll_refuses_selection_text_unless_allowed(tiny_models):
@@ -138,7 +148,9 @@ def test_evaluate_categories_modes_and_summary(tiny_models, ab_neurons):
     s = summarize(every["language"], pairs)
     d = every["language"].delta
     own = torch.tensor([[True, False, True, False], [False, True, False, True]])
-    assert s["matched_delta"] == pytest.approx(float(d[own].mean()), abs=1e-5)
+    lang = torch.tensor([True, True, False, False])
+    assert s["own_language_text"]["delta"] == pytest.approx(float(d[own & lang].mean()), abs=1e-5)
+    assert s["own_culture_text"]["delta"] == pytest.approx(float(d[own & ~lang].mean()), abs=1e-5)
     assert s["other_delta"] == pytest.approx(float(d[~own].mean()), abs=1e-5)
     with pytest.raises(TLCultureError, match="unknown eval mode 'some'; use one of matched, all"):
         evaluate_categories(tiny_models["dense"], cats, held, pairs, mode="some")

@@ -108,3 +108,19 @@ def test_read_prompts_and_bad_arguments(tmp_path, tiny_hf_model, edit):
         steer_eval(tiny_hf_model, PROMPTS, edit, "fa", modes=["beam"], identifier=stub)
     with pytest.raises(TLCultureError, match="temperature"):
         steer_eval(tiny_hf_model, PROMPTS, edit, "fa", temperature=0, identifier=stub)
+
+
+@pytest.mark.slow
+def test_default_model_persian_neurons_steer_towards_persian(default_model, shared_data):
+    """Persian language neurons (LAPE on FLORES en/fa) set to their Persian mean: more Persian output."""
+    from tl_culture.counting.collect import collect
+    from tl_culture.selection.lape import identify
+
+    corpora = {g: str(shared_data / "flores" / f"{g}.txt") for g in ("en", "fa", "de")}
+    stats = collect(default_model, corpora, seq_len=128, max_tokens=3000, progress=False)
+    neurons = identify(stats)
+    prompts = read_prompts(shared_data / "mvicuna" / "en.txt")[:6]
+    ev = steer_eval(default_model, prompts, set_to(neurons, "fa", stats), "fa", controls=1, modes=["greedy"],
+                    max_new_tokens=16)
+    assert ev.rate("baseline")[0] <= 1 / 6  # English questions get English answers
+    assert ev.rate("steered")[0] > ev.rate("control")[0]

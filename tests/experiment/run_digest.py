@@ -7,7 +7,8 @@ The digest is a flat JSON object ``{item: sha256 hex}`` with one item per
 - neuron-set mask: ``neurons/{name}.safetensors:masks`` and its group names;
 - numeric array of every Δ NLL matrix: ``nll/{name}.json:baseline`` (also ``ablated``, ``delta``,
   ``tokens``, ``delta_ci_low``, ``delta_ci_high``, ``control_delta``, ``control_ci_low``,
-  ``control_ci_high``) and its row and column names.
+  ``control_ci_high``, and where present ``bootstrap_units`` and ``paired_*``) and its row and
+  column names.
 
 Tensors are hashed from their dtype, shape and raw bytes; JSON arrays from their canonical JSON
 text (Python writes and reads floats as their shortest round-trip representation, so equal
@@ -44,6 +45,10 @@ NLL_ARRAYS = (
     "control_delta",
     "control_ci_low",
     "control_ci_high",
+    "bootstrap_units",
+    "paired_delta",
+    "paired_ci_low",
+    "paired_ci_high",
 )
 
 

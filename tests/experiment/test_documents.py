@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from tests.data.test_sampling import FILES
 from tl_culture.experiment.config import ExperimentConfig
 from tl_culture.experiment.run import run_experiment
@@ -55,3 +57,21 @@ def _lines(ranges: str) -> set[int]:
         a, _, b = part.partition("-")
         out |= set(range(int(a), int(b or a) + 1))
     return out
+
+
+def test_summary_has_layer_profiles(tmp_path, tiny_hf_model):
+    from tl_culture.experiment.run import layer_profile
+
+    res = run_experiment(ExperimentConfig(out=str(tmp_path / "run"), seq_len=32, max_tokens=300, top_rate=0.1,
+                                          progress=False, evaluate=False, report=False), model=tiny_hf_model)
+    summary = RunDir.open(tmp_path / "run").read_summary()
+    prof = summary["layers"]["culture"]
+    union = res.categories["culture"].masks.any(0)
+    assert prof["union_per_layer"] == union.sum(1).tolist() and prof["union"] == int(union.sum())
+    L = union.shape[0]
+    by_hand = sum(layer * int(union[layer].sum()) for layer in range(L)) / (L - 1) / int(union.sum())
+    assert prof["mean_relative_depth"] == round(by_hand, 5)
+    from tl_culture.selection.neurons import NeuronSet
+
+    empty = layer_profile(NeuronSet(["a"], torch.zeros(1, L, union.shape[1], dtype=torch.bool)))
+    assert empty == {"union_per_layer": [0] * L, "union": 0, "mean_relative_depth": None}

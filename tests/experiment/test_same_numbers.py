@@ -4,7 +4,7 @@ Slow (about 7 minutes on 2 CPU cores). Runs the small experiment (examples/small
 FLORES languages, MUREL cultures, the default model) on a reduced setting through the command
 line and compares the digest of the run folder (`tests.experiment.run_digest`: sha256 of every
 statistics tensor, neuron-set mask and Δ NLL array) with ``same_numbers_small.json``, the digest
-of the same command run by the code before the package was laid out by pipeline stage.
+of the same command under the sampling and statistics protocol of issue 12 (see its ``about``).
 
 The digest is exact, so the check holds only where floating-point kernels give the same bits as
 where the fixture was made (the project's CPU build, default thread count). A legitimate change

@@ -35,7 +35,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     for r in (0, 1):
         got = NeuronExamples.load(f"{out}.rank{r}")
         assert got.meta["world_size"] == 2
-        for name in NeuronExamples._TENSORS:
+        for name in NeuronExamples.TENSORS:
             assert torch.equal(getattr(got, name), getattr(single, name)), name
         assert got.strings == single.strings
     rows = {c.row for g in single.groups for layer, j in PAIRS for c in single.top(layer, j, g)}

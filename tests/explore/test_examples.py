@@ -22,7 +22,7 @@ def test_save_load_round_trip(examples, tmp_path):
     path = tmp_path / "ex.safetensors"
     examples.save(path)
     back = NeuronExamples.load(path)
-    for name in NeuronExamples._TENSORS:
+    for name in NeuronExamples.TENSORS:
         assert torch.equal(getattr(back, name), getattr(examples, name)), name
     assert back.strings == examples.strings and back.groups == examples.groups and back.meta == examples.meta
     assert back.top(1, 40, "xx") == examples.top(1, 40, "xx")

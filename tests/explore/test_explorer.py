@@ -181,3 +181,23 @@ def test_3500_neuron_explorer_loads_within_budget(chromium, tmp_path):  # noqa: 
           f"built in {build_s:.1f} s")
     assert size_mb < SIZE_MB_BUDGET
     assert float(ready[1]) < READY_MS_BUDGET
+
+
+def test_without_circuitsvis_contexts_are_plain_colored_tokens(chromium, small, tmp_path):  # noqa: F811
+    from tl_culture.report.explorer import explorer_section
+    from tl_culture.report.html import page
+
+    languages, categories, stats, examples, writes = small
+    data = explorer_data(languages, categories, stats, examples=examples, writes=writes, contexts=2)
+    html_text = page("explorer", explorer_section(data))
+    assert "CircuitsVis" not in html_text
+    path = tmp_path / "plain.html"
+    path.write_text(html_text, encoding="utf-8")
+    label = f"L{data['neurons']['L'][3]}.{data['neurons']['N'][3]}"
+    proc, _, _ = run_chromium(chromium, WithFragment(path, label), tmp_path, ["--dump-dom"])
+    assert f'<div class="tlx-panel" data-neuron="{label}">' in proc.stdout
+    layer, j = data["neurons"]["L"][3], data["neurons"]["N"][3]
+    first = examples.top(layer, j, "lang:en")[0]
+    spans = re.findall(r'<span class="tlx-tok" title="[^"]*" style="[^"]*">([^<]*)</span>', proc.stdout)
+    assert len(spans) >= len(first.tokens)
+    assert [html.unescape(s) for s in spans[: len(first.tokens)]] == [t.replace("\n", "\u21b5") for t in first.tokens]

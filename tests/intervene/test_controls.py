@@ -28,13 +28,16 @@ def test_without_exclusion_it_is_random_mask():
     assert torch.equal(a, b)
 
 
-def test_too_few_free_neurons_is_an_error():
+def test_too_few_free_neurons_warns_or_raises():
     mask = torch.zeros(2, 4, dtype=torch.bool)
     mask[1, :3] = True
     exclude = torch.zeros(2, 4, dtype=torch.bool)
     exclude[1, :2] = True
     with pytest.raises(TLCultureError, match="layer 1 has 2 neurons"):
-        random_mask_excluding(mask, torch.Generator().manual_seed(0), exclude)
+        random_mask_excluding(mask, torch.Generator().manual_seed(0), exclude, strict=True)
+    with pytest.warns(UserWarning, match="also draws excluded neurons"):
+        out = random_mask_excluding(mask, torch.Generator().manual_seed(0), exclude)
+    assert torch.equal(out.sum(1), mask.sum(1)) and bool(out[1, 2:].all())  # every free neuron, then excluded
 
 
 def test_selected_union_and_random_edit_exclude_selected():

@@ -97,3 +97,15 @@ def test_pick_token():
     assert pick_token(logits, 0.0, None, g) == 1
     draws = {pick_token(logits, 1.0, 2, g) for _ in range(50)}
     assert draws == {1, 3}
+
+
+@pytest.mark.slow
+def test_default_model_cached_equals_uncached(default_model):
+    """The embedded Gemma 3: the KV-cached decoder gives the uncached loop's greedy tokens."""
+    assert cache_problem(default_model) is None
+    prompts = [prompt_ids(default_model, t) for t in ("My grandmother always told me that", "Der Hund")]
+    m = torch.zeros(1, default_model.cfg.n_layers, default_model.cfg.d_mlp, dtype=torch.bool)
+    m[0, -4:, :64] = True
+    for edit in (None, ablate(NeuronSet(["a"], m), "a")):
+        cached = decode(default_model, prompts, edit, max_new_tokens=8, cache=True, batch_size=2)
+        assert cached == decode(default_model, prompts, edit, max_new_tokens=8, cache=False)

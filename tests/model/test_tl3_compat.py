@@ -5,8 +5,6 @@ installed version, otherwise in the interpreter named by ``$TL3_PYTHON`` (`.ci/r
 `scripts/tl3_env.sh`). Without either it is skipped locally and fails under CI.
 """
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,6 @@ try:
 except ImportError:
     pass
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tiny_tl3(gated: bool):
@@ -61,15 +58,6 @@ def test_collect_and_ablate_on_hooked_transformer(gated):
 
 @pytest.mark.skipif(HAS_TL3, reason="already running on TL 3.x")
 def test_in_tl3_interpreter():
-    py = os.environ.get("TL3_PYTHON")
-    if not py:
-        if os.environ.get("CI"):
-            pytest.fail("CI must set TL3_PYTHON (built by scripts/tl3_env.sh)")
-        pytest.skip("set TL3_PYTHON to an interpreter with transformer-lens 3.x to run this")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "hooked_transformer"],
-        cwd=ROOT / "tests", env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 passed" in proc.stdout
+    from tests.conftest import run_in_tl3_interpreter
+
+    run_in_tl3_interpreter(Path(__file__), "hooked_transformer", passed=2)

@@ -6,13 +6,16 @@ For an eval corpus e with counted target tokens T_e and a model run with interve
     NLL_I(e)   = (1 / |T_e|) Σ_{t ∈ T_e} nll_I[t]          (nats/token)
     Δ[g, e]    = NLL_{ablate g}(e) − NLL_{none}(e)
 
-Controls:
+Controls and intervals (`tl_culture.evaluation.controls`):
 
 - random neurons: ablate as many random neurons as group g has, with the same count in every
-  layer (`random_like`), for several seeds; ``control_delta`` is the mean over seeds.
-- bootstrap CIs (`tl_culture.evaluation.bootstrap`): paired, on the per-token differences
-  ``nll_{ablate g} − nll_{none}``, from one generator seeded with ``seed``: first every group's
-  Δ (groups outer, eval corpora inner), then every control's. No extra forwards.
+  layer, for ``controls`` seeded draws; with ``exclude_selected`` the draws avoid every neuron of
+  ``neurons`` (and of ``exclude``); ``control_delta`` is the mean over the draws.
+- bootstrap CIs over documents (`tl_culture.evaluation.units`: held-out documents are the units,
+  documents of at least 2 × ``min_block`` scored tokens are cut into blocks of at least
+  ``min_block``): Δ, the control Δ and the paired Δ − control of a cell from the same resamples,
+  one generator seeded with ``seed``, cells groups outer, eval corpora inner. No extra forwards.
+  ``units="chunks"`` resamples blocks of ``chunk`` consecutive tokens instead.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import torch
 
 from tl_culture.data.corpus import Corpus, as_corpora
 from tl_culture.errors import TLCultureError
-from tl_culture.evaluation.bootstrap import CI_LEVEL, bootstrap_ci, control_seed
+from tl_culture.evaluation.bootstrap import CI_LEVEL
+from tl_culture.evaluation.controls import control_ablations, matrix_statistics, unit_counts
 from tl_culture.evaluation.heldout import check_heldout, is_own_text
 from tl_culture.evaluation.matrix import NLLMatrix
 from tl_culture.evaluation.nll import token_nlls
-from tl_culture.intervene.interventions import Intervention, ablate, random_like
+from tl_culture.evaluation.units import MIN_BLOCK, document_lengths, token_units
+from tl_culture.intervene.controls import selected_union
+from tl_culture.intervene.interventions import Intervention, ablate
 from tl_culture.model.hooks import MLPHooks
 from tl_culture.model.load import model_name
 from tl_culture.selection.neurons import NeuronSet
@@ -56,13 +62,26 @@ Scores = dict[Run, dict[str, torch.Tensor]]
 """``nll[run][eval_name]``: per-token NLLs of one eval corpus in one pass."""
 
 
-def _runs(neurons: NeuronSet, groups: Sequence[str], controls: int, seed: int) -> dict[Run, Intervention]:
+def _runs(neurons: NeuronSet, groups: Sequence[str], controls: int, seed: int,
+          exclude: torch.Tensor | None) -> dict[Run, Intervention]:
     """Every group's ablation, then control 0 of every group, control 1, ..."""
     runs: dict[Run, Intervention] = {Run("ablate", g): ablate(neurons, g) for g in groups}
-    for s in range(controls):
-        for gi, g in enumerate(groups):
-            runs[Run("control", g, s)] = random_like(neurons, g, seed=control_seed(seed, s, gi))
+    for (g, s), edit in control_ablations(neurons, groups, controls, seed, exclude).items():
+        runs[Run("control", g, s)] = edit
     return runs
+
+
+UNITS = ("documents", "chunks")
+"""Resampling units of the bootstrap: held-out documents (long ones in blocks), or token chunks."""
+
+
+def _units(corpus: Corpus, tokenizer: Any, n: int, units: str, min_block: int, chunk: int) -> torch.Tensor:
+    """The resampling unit of each of the ``n`` scored tokens of ``corpus``."""
+    if units == "documents":
+        lengths = document_lengths(corpus, tokenizer, n)
+        if sum(lengths) == n:
+            return token_units(lengths, min_block)
+    return torch.arange(n) // (chunk if units == "chunks" else min_block)
 
 
 def _score(
@@ -89,20 +108,9 @@ def _mean(x: torch.Tensor) -> float:
     return float(x.mean()) if len(x) else math.nan
 
 
-def _cis(
-    diffs: Mapping[tuple[str, str], torch.Tensor], groups: Sequence[str], evals: Sequence[str], **kw: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bootstrap CIs of every cell, drawn groups outer, eval corpora inner."""
-    lo = torch.full((len(groups), len(evals)), math.nan, dtype=torch.float64)
-    hi = lo.clone()
-    for gi, g in enumerate(groups):
-        for ei, e in enumerate(evals):
-            lo[gi, ei], hi[gi, ei] = bootstrap_ci(diffs[g, e], **kw)
-    return lo, hi
-
-
 def _matrix_fields(
-    nll: Scores, groups: list[str], evals: list[str], *, controls: int, bootstrap: int, chunk: int, seed: int
+    nll: Scores, groups: list[str], evals: list[str], units: Mapping[str, torch.Tensor], *, controls: int,
+    bootstrap: int, seed: int,
 ) -> dict[str, Any]:
     """`NLLMatrix` fields from the per-token NLLs (the bootstrap draws in the order of the module doc)."""
     base = nll[BASELINE]
@@ -113,16 +121,14 @@ def _matrix_fields(
         ablated=torch.tensor([[_mean(nll[Run("ablate", g)][e]) for e in evals] for g in groups], dtype=torch.float64),
         tokens=torch.tensor([len(base[e]) for e in evals], dtype=torch.int64),
     )
-    boot = dict(chunk=chunk, n_boot=bootstrap, generator=torch.Generator().manual_seed(int(seed)))
-    if bootstrap:
-        diffs = {(g, e): nll[Run("ablate", g)][e] - base[e] for g in groups for e in evals}
-        out["delta_ci_low"], out["delta_ci_high"] = _cis(diffs, groups, evals, **boot)
-    if controls:
-        ctrl = {(g, e): torch.stack([nll[Run("control", g, s)][e] for s in range(controls)]).mean(0) - base[e]
-                for g in groups for e in evals}
-        out["control_delta"] = torch.tensor([[_mean(ctrl[g, e]) for e in evals] for g in groups], dtype=torch.float64)
-        if bootstrap:
-            out["control_ci_low"], out["control_ci_high"] = _cis(ctrl, groups, evals, **boot)
+    keyed = {"baseline": base, **{(r.kind, r.group) if r.kind == "ablate" else (r.kind, r.group, r.control): v
+                                  for r, v in nll.items() if r != BASELINE}}
+    cells = matrix_statistics(keyed, groups, evals, units, controls=controls, n_boot=bootstrap, seed=seed)
+    out["bootstrap_units"] = torch.tensor([int(units[e].max()) + 1 if units[e].numel() else 0 for e in evals])
+    names = {"delta_ci_low": "delta_ci_low", "delta_ci_high": "delta_ci_high", "control_delta": "control_delta",
+             "control_ci_low": "control_ci_low", "control_ci_high": "control_ci_high", "paired_delta": "paired",
+             "paired_ci_low": "paired_ci_low", "paired_ci_high": "paired_ci_high"}
+    out.update({field: cells[key] for field, key in names.items() if key in cells})
     return out
 
 
@@ -165,12 +171,18 @@ def delta_nll(
     seed: int = 0,
     bootstrap: int = 1000,
     chunk: int = 16,
+    units: str = "documents",
+    min_block: int = MIN_BLOCK,
+    exclude_selected: bool = True,
+    exclude: torch.Tensor | None = None,
     selection: Mapping[str, Any] | Sequence[Corpus] | None = None,
     allow_overlap: bool = False,
     progress: bool = True,
     baseline_cache: dict[Any, dict[str, torch.Tensor]] | None = None,
 ) -> NLLMatrix:
     """Δ NLL of ablating each group's neurons, on every eval corpus, with controls.
+
+    Long because it documents the eighteen settings of the public API; the body is a few calls.
 
     Args:
         model: a TransformerLens model with a tokenizer (or eval corpora of token rows).
@@ -183,7 +195,13 @@ def delta_nll(
         controls: random-neuron control seeds per group (0 = none).
         seed: seed of the random controls and the bootstrap.
         bootstrap: bootstrap resamples for the CIs (0 = none).
-        chunk: tokens per bootstrap chunk.
+        chunk: tokens per unit with ``units="chunks"``.
+        units: ``"documents"`` (held-out documents, long ones cut into blocks of at least
+            ``min_block`` tokens) or ``"chunks"`` (``chunk`` consecutive tokens).
+        min_block: fewest tokens of a block cut from a long document.
+        exclude_selected: controls never draw a neuron of ``neurons`` (any group) or of ``exclude``.
+        exclude: ``bool[layer, neuron]``: more neurons the controls avoid (e.g. every category of
+            the run), with ``exclude_selected``.
         selection: the corpora the neurons were selected on, for a document-level overlap check.
         allow_overlap: skip the held-out check.
         progress: show a tqdm bar.
@@ -195,17 +213,22 @@ def delta_nll(
         An `NLLMatrix` (rows = groups, columns = eval corpora).
     """
     MLPHooks.from_model(model).check_neurons(neurons.n_layers, neurons.d_mlp)
-    if controls < 0 or bootstrap < 0 or chunk < 1:
-        raise TLCultureError("controls and bootstrap must be >= 0 and chunk >= 1")
+    if controls < 0 or bootstrap < 0 or chunk < 1 or min_block < 1 or units not in UNITS:
+        raise TLCultureError(f"controls and bootstrap must be >= 0, chunk and min_block >= 1, units one of {UNITS}")
     groups = _check_groups(neurons, groups)
     named = as_corpora(eval_corpora)
     if not allow_overlap:
         check_heldout(named, neurons, selection)
-    runs = _runs(neurons, groups, controls, seed)
+    avoid = (neurons.masks.any(0) | (exclude if exclude is not None else False)) if exclude_selected else None
+    runs = _runs(neurons, groups, controls, seed, avoid)
     nll, info = _score(model, named, runs, baseline_cache, seq_len=seq_len, batch_size=batch_size,
                        max_tokens=max_tokens, progress=progress)
-    fields = _matrix_fields(nll, groups, list(named), controls=controls, bootstrap=bootstrap, chunk=chunk, seed=seed)
-    settings = dict(control_seeds=controls, seed=seed, bootstrap=bootstrap, bootstrap_chunk=chunk)
+    tok = getattr(model, "tokenizer", None)
+    per_unit = {e: _units(c, tok, len(nll[BASELINE][e]), units, min_block, chunk) for e, c in named.items()}
+    unit_counts(per_unit, warn=bootstrap > 0)
+    fields = _matrix_fields(nll, groups, list(named), per_unit, controls=controls, bootstrap=bootstrap, seed=seed)
+    settings = dict(control_seeds=controls, seed=seed, bootstrap=bootstrap, bootstrap_units=units,
+                    bootstrap_min_block=min_block, bootstrap_chunk=chunk, control_excludes_selected=exclude_selected)
     return NLLMatrix(**fields, meta=_meta(model, neurons, groups, named, settings, info))
 
 
@@ -235,6 +258,8 @@ def evaluate_categories(
             (``cult:c``); ``"all"``: every category on every held-out corpus.
         progress: show progress bars.
         **kwargs: passed to `delta_nll` (seq_len, max_tokens, controls, bootstrap, seed, ...).
+            The controls avoid every neuron of every category (``exclude``) unless
+            ``exclude_selected=False``.
     """
     if mode not in EVAL_MODES:
         raise TLCultureError(f"unknown eval mode {mode!r}; use one of {', '.join(EVAL_MODES)}")
@@ -242,6 +267,7 @@ def evaluate_categories(
     lang_cols = {f"lang:{pairs[c]}": heldout[f"lang:{pairs[c]}"] for c in cultures}
     cult_cols = {f"cult:{c}": heldout[f"cult:{c}"] for c in cultures}
     out, baselines = {}, {}  # one baseline per set of eval corpora, shared by the categories
+    kwargs.setdefault("exclude", selected_union(*categories.values()))
     for name, ns in categories.items():
         if mode == "all":
             cols = dict(heldout)
@@ -253,21 +279,34 @@ def evaluate_categories(
 
 
 def summarize(m: NLLMatrix, pairs: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Headline numbers of a matrix: mean Δ on matched cells (a group's own text) vs the others.
+    """Headline numbers of a matrix, language text and culture text apart.
 
-    A cell (g, e) is matched when e is g's own text (`is_own_text`).
+    A cell (g, e) is the group's own text when `is_own_text`; own cells on language text
+    (``lang:*``) and on culture text (``cult:*``) are summarised separately (``own_language_text``,
+    ``own_culture_text``; eval names without either prefix count as ``own_text``), each with the
+    mean Δ, the mean control Δ, the mean paired Δ − control and how many own cells have a paired CI
+    above zero. ``other_delta`` is the mean Δ on every other cell.
     """
-    d = m.delta
     own = torch.tensor([[is_own_text(g, e, pairs) for e in m.evals] for g in m.groups],
                        dtype=torch.bool).reshape(len(m.groups), len(m.evals))
 
-    def mean(x: torch.Tensor, sel: torch.Tensor) -> float | None:
-        v = x[sel & torch.isfinite(x)]
+    def mean(x: torch.Tensor | None, sel: torch.Tensor) -> float | None:
+        v = x[sel & torch.isfinite(x)] if x is not None else torch.zeros(0)
         return round(float(v.mean()), 5) if v.numel() else None
 
-    out = {"matched_delta": mean(d, own), "other_delta": mean(d, ~own)}
-    if m.control_delta is not None:
-        out["matched_control_delta"] = mean(m.control_delta, own)
+    kinds = {"own_language_text": "lang:", "own_culture_text": "cult:"}
+    out: dict[str, Any] = {}
+    for name, prefix in (*kinds.items(), ("own_text", None)):
+        col = torch.tensor([e.startswith(prefix) if prefix else not e.startswith(tuple(kinds.values()))
+                            for e in m.evals], dtype=torch.bool)
+        sel = own & col[None]
+        if not bool(sel.any()):
+            continue
+        out[name] = {"delta": mean(m.delta, sel), "control_delta": mean(m.control_delta, sel),
+                     "paired_delta": mean(m.paired_delta, sel), "cells": int(sel.sum())}
+        if m.paired_ci_low is not None:
+            out[name]["beats_control"] = int((m.paired_ci_low[sel] > 0).sum())
+    out["other_delta"] = mean(m.delta, ~own)
     out["seconds"] = m.meta.get("seconds")
     return out
 

@@ -21,6 +21,8 @@ from tl_culture._io import write_json_atomic
 from tl_culture.errors import TLCultureError
 
 KIND = "NLLMatrix"
+_CELL_FIELDS = ("delta_ci_low", "delta_ci_high", "control_delta", "control_ci_low", "control_ci_high", "paired_delta",
+                "paired_ci_low", "paired_ci_high")
 
 
 def _nan_nested(x: Any) -> Any:
@@ -54,6 +56,11 @@ class NLLMatrix:
         delta_ci_low, delta_ci_high: ``float64[group, eval]``: bootstrap 95 % CI of delta.
         control_delta: ``float64[group, eval]``: Δ NLL of the random-neuron control (mean over seeds).
         control_ci_low, control_ci_high: bootstrap 95 % CI of the control Δ.
+        bootstrap_units: ``int64[eval]``: resampling units (documents, long ones in blocks) per
+            eval corpus; None for a matrix made without them.
+        paired_delta: ``float64[group, eval]``: Δ − control Δ, per token then averaged.
+        paired_ci_low, paired_ci_high: its bootstrap 95 % CI, from the resamples of Δ and the
+            control; "beats the control" means ``paired_ci_low > 0``.
         meta: settings and provenance (model, seeds, eval corpora, seconds, ...).
     """
 
@@ -68,6 +75,10 @@ class NLLMatrix:
     control_ci_low: Float[torch.Tensor, "group eval"] | None = None
     control_ci_high: Float[torch.Tensor, "group eval"] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    bootstrap_units: Int[torch.Tensor, " eval"] | None = None
+    paired_delta: Float[torch.Tensor, "group eval"] | None = None
+    paired_ci_low: Float[torch.Tensor, "group eval"] | None = None
+    paired_ci_high: Float[torch.Tensor, "group eval"] | None = None
 
     def __post_init__(self) -> None:
         self.groups, self.evals = [str(g) for g in self.groups], [str(e) for e in self.evals]
@@ -76,7 +87,11 @@ class NLLMatrix:
         self.tokens = torch.as_tensor(self.tokens, dtype=torch.int64).reshape(-1)
         if self.baseline.shape != (E,) or self.tokens.shape != (E,):
             raise TLCultureError(f"NLLMatrix baseline/tokens must have one value per eval corpus ({E})")
-        for name in ("ablated", "delta_ci_low", "delta_ci_high", "control_delta", "control_ci_low", "control_ci_high"):
+        if self.bootstrap_units is not None:
+            self.bootstrap_units = torch.as_tensor(self.bootstrap_units, dtype=torch.int64).reshape(-1)
+            if self.bootstrap_units.shape != (E,):
+                raise TLCultureError(f"NLLMatrix bootstrap_units must have one value per eval corpus ({E})")
+        for name in ("ablated", *_CELL_FIELDS):
             v = getattr(self, name)
             if v is not None:
                 t = torch.as_tensor(_nan_nested(v), dtype=torch.float64)
@@ -117,6 +132,11 @@ class NLLMatrix:
             "control_delta": _json(self.control_delta),
             "control_ci_low": _json(self.control_ci_low),
             "control_ci_high": _json(self.control_ci_high),
+            "eval_tokens": self.tokens.tolist(),
+            "bootstrap_units": None if self.bootstrap_units is None else self.bootstrap_units.tolist(),
+            "paired_delta": _json(self.paired_delta),
+            "paired_ci_low": _json(self.paired_ci_low),
+            "paired_ci_high": _json(self.paired_ci_high),
             "meta": self.meta,
         }
 
@@ -138,9 +158,8 @@ class NLLMatrix:
         if not isinstance(d, dict) or d.get("kind") != KIND:
             kind = d.get("kind") if isinstance(d, dict) else None
             raise TLCultureError(f"{p}: holds a {kind!r} object, not an NLLMatrix; pass an nll/*.json file")
-        keys = ("delta_ci_low", "delta_ci_high", "control_delta", "control_ci_low", "control_ci_high")
         return cls(d["groups"], d["evals"], d["baseline"], d["ablated"], d["tokens"],
-                   **{k: d.get(k) for k in keys}, meta=d.get("meta", {}))
+                   **{k: d.get(k) for k in (*_CELL_FIELDS, "bootstrap_units")}, meta=d.get("meta", {}))
 
     # ---------------------------------------------------------------- display
     def table(self, digits: int = 3) -> str:
@@ -173,6 +192,9 @@ class NLLMatrix:
             seeds = self.meta.get("control_seeds", "?")
             lines.append(f"random-neuron control (same per-layer counts, {seeds} seed(s)):")
             block(self.control_delta, self.control_ci_low, self.control_ci_high)
+        if self.paired_delta is not None:
+            lines.append("Δ − control, paired:")
+            block(self.paired_delta, self.paired_ci_low, self.paired_ci_high)
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from tl_culture.data.corpus import SPLITS, Corpus, demo_corpora, load_corpus
 from tl_culture.errors import TLCultureError
+from tl_culture.evaluation.controls import DEFAULT_CONTROLS
 from tl_culture.evaluation.delta import EVAL_MODES
 from tl_culture.model.fastpath import ATTENTIONS, BACKENDS, check_backend
 from tl_culture.model.load import DEFAULT_MODEL
@@ -99,8 +100,9 @@ class ExperimentConfig:
     eval_tokens: int | None = field(default=128, metadata=_opt(
         "scored held-out tokens per eval corpus; null in a JSON config scores every token", check="positive"))
     eval_batch_size: int = field(default=4, metadata=_opt("rows per evaluation forward", check="positive"))
-    control_seeds: int = field(default=1, metadata=_opt(
-        "random-neuron control seeds per group (0 = none)", flag="--controls", check="count"))
+    control_seeds: int = field(default=DEFAULT_CONTROLS, metadata=_opt(
+        "random-neuron control draws per group, outside every selected neuron (0 = none)", flag="--controls",
+        check="count"))
     bootstrap: int = field(default=1000, metadata=_opt(
         "bootstrap resamples for the 95 % CIs (0 = none)", check="count"))
     eval_mode: str = field(default="matched", metadata=_opt(

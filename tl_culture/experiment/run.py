@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tl_culture.counting.collect import collect
 from tl_culture.counting.stats import ActivationStats
 from tl_culture.data.corpus import Corpus
@@ -344,6 +346,7 @@ def run_summary(
         "tokens_language": dict(zip(stats_l.groups, stats_l.tokens.tolist())),
         "tokens_culture": dict(zip(stats_c.groups, stats_c.tokens.tolist())),
         "neurons": {name: ns.counts() for name, ns in {"languages": neurons_l, **cats}.items()},
+        "layers": {name: layer_profile(ns) for name, ns in {"languages": neurons_l, **cats}.items()},
         "pairs": pairs,
     }
     if nll:
@@ -351,6 +354,20 @@ def run_summary(
     if stability is not None:
         summary["stability"] = stability
     return summary
+
+
+def layer_profile(ns: NeuronSet) -> dict[str, Any]:
+    """Where a set's neurons sit: the union over groups per layer, and its mean relative depth.
+
+    Depth of layer l is l / (n_layers − 1) (0 = first, 1 = last); the mean is over the union's neurons.
+    """
+    per_layer = ns.masks.any(0).sum(1)
+    total = int(per_layer.sum())
+    depth = None
+    if total and ns.n_layers > 1:
+        rel = torch.arange(ns.n_layers, dtype=torch.float64) / (ns.n_layers - 1)
+        depth = round(float((per_layer.double() * rel).sum() / total), 5)
+    return {"union_per_layer": per_layer.tolist(), "union": total, "mean_relative_depth": depth}
 
 
 def neuron_report(languages: NeuronSet, categories: dict[str, NeuronSet]) -> str:

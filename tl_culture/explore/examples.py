@@ -141,6 +141,10 @@ class NeuronExamples:
         """The ``(layer, neuron)`` pairs, in order."""
         return list(self._where)
 
+    def __contains__(self, pair: object) -> bool:
+        """Whether ``(layer, neuron)`` was explored."""
+        return pair in self._where
+
     def index(self, layer: int, neuron: int) -> int:
         """Row of neuron ``(layer, neuron)``; raises when it was not explored."""
         try:
@@ -188,25 +192,26 @@ class NeuronExamples:
         return topk_samples_view(f"L{layer}.N{neuron}", ctx)
 
     # --------------------------------------------------------------- files
-    _TENSORS = ("layers", "neurons", "activation", "row", "pos", "token_ids", "values", "token_text", "tokens_scanned")
-    _INT32 = ("token_ids", "token_text")
+    #: The tensors a file holds (the constructor's tensor arguments, in order), and those stored as int32.
+    TENSORS = ("layers", "neurons", "activation", "row", "pos", "token_ids", "values", "token_text", "tokens_scanned")
+    INT32 = ("token_ids", "token_text")
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as safetensors + JSON metadata (atomic); ids and text indices as int32."""
-        tensors = {name: getattr(self, name) for name in self._TENSORS}
-        tensors.update({name: tensors[name].to(torch.int32) for name in self._INT32})
+        tensors = {name: getattr(self, name) for name in self.TENSORS}
+        tensors.update({name: tensors[name].to(torch.int32) for name in self.INT32})
         save_tensors(path, KIND, tensors, {"groups": self.groups, "strings": self.strings, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NeuronExamples:
         """Load a file written by `save`."""
         t, meta = load_tensors(path, KIND)
-        missing = [name for name in cls._TENSORS if name not in t]
+        missing = [name for name in cls.TENSORS if name not in t]
         if missing or not isinstance(meta.get("groups"), list) or not isinstance(meta.get("strings"), list):
             raise TLCultureError(f"{path}: examples file without {missing or 'groups/strings'}; it is corrupted")
-        t.update({name: t[name].long() for name in cls._INT32})
+        t.update({name: t[name].long() for name in cls.INT32})
         try:
-            return cls(meta["groups"], *(t[name] for name in cls._TENSORS[:-1]), meta["strings"],
+            return cls(meta["groups"], *(t[name] for name in cls.TENSORS[:-1]), meta["strings"],
                        t["tokens_scanned"], meta.get("meta") or {})
         except TLCultureError as exc:
             raise TLCultureError(f"{path}: {exc}") from None

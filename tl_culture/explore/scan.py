@@ -3,9 +3,10 @@
 Per group, batches ``b = 0, 1, ...`` of ``batch_size`` rows (`tl_culture.data.rows.RowStream`,
 the rows `tl_culture.counting.collect.collect` counts) run through the model with a hook on
 ``blocks.{l}.mlp.hook_pre`` of every layer holding a chosen neuron; the forward stops after the
-last of them (`tl_culture.model.forward.run_to_layer`). Each hook takes ``act_fn`` of the chosen
-columns and updates a `tl_culture.explore.topk.RunningTopK` on the model's device: nothing of size
-``[layer, pos, d_mlp]`` is stored, only ``O(neurons × groups × k × window)``.
+last of them (`tl_culture.model.forward.run_to_layer`). Each hook applies ``act_fn`` to the layer
+(in the model's dtype, as the model does), takes the chosen columns and updates a
+`tl_culture.explore.topk.RunningTopK` on the model's device: nothing of size ``[layer, pos, d_mlp]``
+is stored, only ``O(neurons × groups × k × window)``.
 
 Under an initialised ``torch.distributed`` process group (``torchrun``), rank r of W runs the
 batches with ``b % W == r``; the ranks gather their top k and merge them with the same order

@@ -101,6 +101,10 @@ class NeuronWrites:
     def __len__(self) -> int:
         return int(self.layers.shape[0])
 
+    def __contains__(self, pair: object) -> bool:
+        """Whether ``(layer, neuron)`` has direct effects here."""
+        return pair in self._where
+
     def index(self, layer: int, neuron: int) -> int:
         try:
             return self._where[(int(layer), int(neuron))]
@@ -117,11 +121,12 @@ class NeuronWrites:
         i = self.index(layer, neuron)
         return list(zip(self.bottom_text[i], self.bottom_logits[i].tolist(), strict=True))
 
-    _TENSORS = ("layers", "neurons", "top_ids", "top_logits", "bottom_ids", "bottom_logits")
+    #: The tensors a file holds (the constructor's tensor arguments, in order).
+    TENSORS = ("layers", "neurons", "top_ids", "top_logits", "bottom_ids", "bottom_logits")
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as safetensors + JSON metadata (atomic)."""
-        tensors = {name: getattr(self, name) for name in self._TENSORS}
+        tensors = {name: getattr(self, name) for name in self.TENSORS}
         save_tensors(path, KIND, tensors, {"top_text": self.top_text, "bottom_text": self.bottom_text,
                                            "meta": self.meta})
 
@@ -129,9 +134,9 @@ class NeuronWrites:
     def load(cls, path: str | os.PathLike) -> NeuronWrites:
         """Load a file written by `save`."""
         t, meta = load_tensors(path, KIND)
-        if any(name not in t for name in cls._TENSORS) or "top_text" not in meta or "bottom_text" not in meta:
+        if any(name not in t for name in cls.TENSORS) or "top_text" not in meta or "bottom_text" not in meta:
             raise TLCultureError(f"{path}: direct-effects file without its tensors or texts; it is corrupted")
-        return cls(*(t[name] for name in cls._TENSORS), meta["top_text"], meta["bottom_text"], meta.get("meta") or {})
+        return cls(*(t[name] for name in cls.TENSORS), meta["top_text"], meta["bottom_text"], meta.get("meta") or {})
 
 
 def direct_effects(model: Any, neurons: Any, k: int = 10, *, chunk: int = 64) -> NeuronWrites:

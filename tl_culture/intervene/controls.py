@@ -4,7 +4,7 @@ A control answers "is it these neurons, or would any neurons of this many per la
 mask ``m: bool[layer, neuron]`` and an optional ``exclude`` mask, one draw is, per layer l,
 
     keys[l, j] ~ Uniform[0, 1)                        (one generator, row-major)
-    keys[l, j] = 2            where exclude[l, j]    (never drawn while enough others remain)
+    keys[l, j] += 1           where exclude[l, j]    (drawn only when too few others remain)
     control[l] = the Σ_j m[l, j] neurons with the smallest keys
 
 so without ``exclude`` it is the draw of `tl_culture.intervene.interventions.random_mask` with the
@@ -13,6 +13,8 @@ control from ablating part of the effect it is compared against.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from jaxtyping import Bool
@@ -26,11 +28,15 @@ def random_mask_excluding(
     mask: Bool[torch.Tensor, "layer neuron"],
     generator: torch.Generator,
     exclude: Bool[torch.Tensor, "layer neuron"] | None = None,
+    strict: bool = False,
 ) -> Bool[torch.Tensor, "layer neuron"]:
-    """Random neurons with the per-layer counts of ``mask``, none of them in ``exclude``.
+    """Random neurons with the per-layer counts of ``mask``, none of them in ``exclude`` where possible.
+
+    A layer with fewer neurons outside ``exclude`` than ``mask`` needs there takes every one of
+    them and the rest at random from ``exclude``, with a warning (small models).
 
     Raises:
-        TLCultureError: a layer has fewer neurons outside ``exclude`` than ``mask`` needs there.
+        TLCultureError: with ``strict``, instead of drawing from ``exclude``.
     """
     L, N = mask.shape
     counts = mask.sum(1)
@@ -42,11 +48,12 @@ def random_mask_excluding(
         short = torch.nonzero(counts > free).flatten().tolist()
         if short:
             layer = short[0]
-            raise TLCultureError(
-                f"layer {layer} has {int(free[layer])} neurons outside the excluded ones, the control needs "
-                f"{int(counts[layer])}; use exclude_selected=False"
-            )
-        keys = keys.masked_fill(exclude, 2.0)
+            why = (f"layer {layer} has {int(free[layer])} neurons outside the excluded ones, the control needs "
+                   f"{int(counts[layer])}")
+            if strict:
+                raise TLCultureError(f"{why}; use exclude_selected=False")
+            warnings.warn(f"{why}: the control also draws excluded neurons there", stacklevel=2)
+        keys = keys + exclude.to(keys.dtype)
     ranks = keys.argsort(1).argsort(1)
     return ranks < counts[:, None]
 

@@ -1,8 +1,7 @@
 """Steering: continue one prompt with and without an intervention, side by side.
 
-Decoding is a plain loop over full forwards ``model(tokens)`` under `Intervention.applied`, with
-no KV cache, so it behaves the same on every TransformerLens model whatever its ``generate``
-supports. Each step
+Decoding is `tl_culture.intervene.decode.decode` (the HF model's KV cache where the bridge fast
+path reproduces the model, else a loop of full TransformerLens forwards; the same tokens). Each step
 
     greedy (temperature = 0):  x_{t+1} = argmax logits_t
     sampling:                  x_{t+1} ~ softmax(logits_t / temperature), restricted to the top_k
@@ -21,8 +20,8 @@ import torch
 
 from tl_culture.data.rows import prompt_ids
 from tl_culture.errors import TLCultureError
+from tl_culture.intervene.decode import decode
 from tl_culture.intervene.interventions import Intervention
-from tl_culture.model.load import model_device
 
 
 @dataclass
@@ -74,30 +73,6 @@ def _prompt_ids(model: Any, prompt: str | torch.Tensor) -> torch.Tensor:
     return prompt_ids(tok, str(prompt))[None]
 
 
-@torch.inference_mode()
-def _decode_loop(model: Any, ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-                 seed: int, eos: int | None) -> list[int]:
-    dev = model_device(model)
-    x = ids.to(dev)
-    g = torch.Generator(device="cpu").manual_seed(int(seed))
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = model(x)[0, -1].float().cpu()
-        if temperature == 0.0:
-            nxt = int(logits.argmax())
-        else:
-            z = logits / temperature
-            if top_k is not None and top_k < z.shape[0]:
-                kth = torch.topk(z, top_k).values[-1]
-                z = z.masked_fill(z < kth, float("-inf"))
-            nxt = int(torch.multinomial(torch.softmax(z, -1), 1, generator=g))
-        out.append(nxt)
-        if eos is not None and nxt == eos:
-            break
-        x = torch.cat([x, torch.tensor([[nxt]], device=dev)], dim=1)
-    return out
-
-
 def generate(
     model: Any,
     prompt: str | torch.Tensor,
@@ -136,10 +111,9 @@ def generate(
     ids = _prompt_ids(model, prompt)
     tok = getattr(model, "tokenizer", None)
     eos = getattr(tok, "eos_token_id", None) if (tok is not None and stop_at_eos) else None
-    args = (max_new_tokens, float(temperature), top_k, seed, eos)
-    base = _decode_loop(model, ids, *args)
-    with intervention.applied(model):
-        steered = _decode_loop(model, ids, *args)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k, seed=seed, eos=eos)
+    base = decode(model, [ids[0]], None, **kw)[0]
+    steered = decode(model, [ids[0]], intervention, **kw)[0]
 
     def text(t: list[int]) -> str:
         if tok is None:

@@ -44,6 +44,11 @@ ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 ZERO, SCALE = 8, 55
 #: The code of a window slot outside its row's tokens.
 OUTSIDE = "~"
+#: How the explorer draws a context with circuitsvis (put on a page that holds the library).
+CIRCUITSVIS_ADAPTER = (
+    "<script>window.tlxDrawTokens = function (id, props) "
+    "{ CircuitsVis.render(id, CircuitsVis.ColoredTokens, props); };</script>"
+)
 #: Contexts per neuron and group the explorer shows by default.
 CONTEXTS = 5
 
@@ -116,7 +121,7 @@ class _Strings:
 def _contexts(examples: NeuronExamples, pairs: torch.Tensor, contexts: int, strings: _Strings) -> dict[str, Any]:
     """The explorer's context data of the neurons in ``pairs`` (see the module docstring)."""
     c, w = min(contexts, examples.k), examples.window
-    where = [examples._where.get((layer, j), -1) for layer, j in pairs.tolist()]
+    where = [examples.index(layer, j) if (layer, j) in examples else -1 for layer, j in pairs.tolist()]
     sel = torch.tensor([i for i in where if i >= 0], dtype=torch.long)
     act = examples.activation[sel, :, :c]  # [m, group, c]
     filled = torch.isfinite(act)
@@ -187,7 +192,7 @@ def _writes(writes: NeuronWrites, pairs: torch.Tensor, strings: _Strings) -> dic
     """Promoted and suppressed tokens of the neurons in ``pairs`` (None for those without)."""
     top, bottom = [], []
     for layer, j in pairs.tolist():
-        if (layer, j) not in writes._where:
+        if (layer, j) not in writes:
             top.append(None)
             bottom.append(None)
             continue
@@ -235,20 +240,25 @@ def _json_script(data: Mapping[str, Any]) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def explorer_section(data: Mapping[str, Any], heading: bool = True) -> Markup:
+def explorer_section(data: Mapping[str, Any], *, heading: bool = True, circuitsvis: bool = False) -> Markup:
     """The explorer as an HTML fragment with its own style and script.
 
-    The contexts are drawn with circuitsvis when its library is on the page before the fragment
-    (else as plain colored tokens). ``heading``: start with an ``<h2>`` (the report has its own).
+    Args:
+        data: `explorer_data`.
+        heading: start with an ``<h2>`` (the report gives its sections their own).
+        circuitsvis: draw the contexts as circuitsvis ``ColoredTokens`` (`CIRCUITSVIS_ADAPTER`); the
+            page must hold circuitsvis' library before the fragment. Without it they are plain colored
+            tokens.
     """
     return render("explorer.html.j2", css=Markup(_asset("explorer.css")), js=Markup(_asset("explorer.js")),
                   data=Markup(_json_script(data)), n_neurons=len(data["neurons"]["L"]), model=data.get("model", ""),
-                  heading=heading)
+                  heading=heading, adapter=Markup(CIRCUITSVIS_ADAPTER if circuitsvis else ""))
 
 
 def explorer_page(data: Mapping[str, Any], title: str = "tl-culture neuron explorer") -> str:
     """A complete offline HTML page holding the explorer and circuitsvis' library (once)."""
-    body = f"<h1>{html.escape(title)}</h1>\n<script>{circuitsvis_library()}</script>\n{explorer_section(data)}"
+    body = (f"<h1>{html.escape(title)}</h1>\n<script>{circuitsvis_library()}</script>\n"
+            f"{explorer_section(data, circuitsvis=True)}")
     text = page(title, body)
     bad = external_references(text)
     if bad:

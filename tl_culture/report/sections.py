@@ -27,7 +27,7 @@ from tl_culture.report.figures import (
     plot_layer_distribution,
     plot_overlap,
 )
-from tl_culture.report.html import circuitsvis_library, render, views_html
+from tl_culture.report.html import render, views_html
 from tl_culture.report.tokens import colored_tokens_multi, topk_tokens
 from tl_culture.selection.neurons import NeuronSet
 
@@ -219,7 +219,10 @@ def nll_table(m: NLLMatrix, pairs: Mapping[str, str]) -> tuple[list[str], list[l
 
 
 def own_text_summary(m: NLLMatrix, pairs: Mapping[str, str]) -> str | None:
-    """Mean Δ NLL on own vs other text (and the control's on own text); None without both kinds of cell."""
+    """Mean Δ NLL on own vs other text, the control's on own text and how many own cells beat it (paired CI).
+
+    None without both kinds of cell.
+    """
     delta = np.asarray(m.delta, dtype=np.float64)
     diag = diagonal_mask(list(m.groups), list(m.evals), pairs)
     if not diag.any() or diag.all():
@@ -228,6 +231,9 @@ def own_text_summary(m: NLLMatrix, pairs: Mapping[str, str]) -> str | None:
     text = f"mean Δ NLL on own text {on:+.3f} vs {off:+.3f} on other text"
     if m.control_delta is not None:
         text += f" (random control on own text {float(np.nanmean(np.asarray(m.control_delta)[diag])):+.3f})"
+    if m.paired_ci_low is not None:
+        beats = int((np.asarray(m.paired_ci_low)[diag] > 0).sum())
+        text += f"; beats the control (paired Δ − control CI above 0) in {beats} of {int(diag.sum())} own cells"
     return text
 
 
@@ -328,16 +334,14 @@ def tokens(ctx: ReportContext) -> str:
 def explorer(ctx: ReportContext) -> str:
     """The neuron explorer (`tl_culture.report.explorer`): every selected neuron, a panel per neuron.
 
-    Its contexts are drawn with circuitsvis: the library comes with the token views when they are
-    drawn (an earlier section), else with this section.
+    Its contexts are circuitsvis colored tokens when the token views (an earlier section) put
+    circuitsvis' library on the page, else plain colored tokens.
     """
     run = ctx.run
     data = explorer_data(run.languages, run.categories, {"language": run.stats_language, "culture": run.stats_culture},
                          examples=run.examples, writes=run.writes, model=ctx.model_name)
     texts = ctx.texts if ctx.texts is not None else held_out_texts(run)
-    with_views = ctx.model is not None and bool(texts)
-    library = "" if with_views or run.examples is None else f"<script>{circuitsvis_library()}</script>\n"
-    return library + explorer_section(data, heading=False)
+    return explorer_section(data, heading=False, circuitsvis=ctx.model is not None and bool(texts))
 
 
 # --------------------------------------------------------------------------- the list

@@ -1,6 +1,7 @@
-// The neuron explorer (tl_culture/report/explorer.py describes the data). No network, no library
-// but circuitsvis (used for the contexts when the page holds it). The table draws PAGE rows at a
-// time; a neuron's panel is drawn when it is opened (a click, or the URL fragment #L12.345).
+// The neuron explorer (tl_culture/report/explorer.py describes the data). No network, no library.
+// Contexts are drawn by window.tlxDrawTokens(elementId, props) when the page defines it (the
+// circuitsvis adapter, next to the library), else as plain colored spans. The table draws PAGE
+// rows at a time; a neuron's panel is drawn when it is opened (a click, or the fragment #L12.345).
 (function () {
   "use strict";
   var root = document.getElementById("tlx");
@@ -159,11 +160,11 @@
     return { tokens: toks, values: vals };
   }
   function drawContext(box, t, vmax) {
-    if (typeof CircuitsVis !== "undefined") {
+    if (typeof window.tlxDrawTokens === "function") {
       var id = "tlx-cv-" + (cvCount++);
       box.appendChild(h("div", { id: id, class: "tlx-cv" }));
-      pending.push(function () {  // circuitsvis finds its element by id: render once the panel is on the page
-        CircuitsVis.render(id, CircuitsVis.ColoredTokens, { tokens: t.tokens, values: t.values, minValue: -vmax, maxValue: vmax });
+      pending.push(function () {  // circuitsvis finds its element by id: draw once the panel is on the page
+        window.tlxDrawTokens(id, { tokens: t.tokens, values: t.values, minValue: -vmax, maxValue: vmax });
       });
       return;
     }
