@@ -113,6 +113,7 @@ def reduced_run(default_model, shared_data, tmp_path_factory):
         control_seeds=1,
         bootstrap=200,
         report=False,
+        examples=False,
         progress=False,
     )
     return run_experiment(cfg, model=default_model)

@@ -42,6 +42,7 @@ def test_run_gives_the_same_numbers(shared_data, tmp_path):
     expected = json.loads(FIXTURE.read_text(encoding="utf-8"))
     assert expected["args"] == ARGS, "the fixture was made with other settings; regenerate it"
     out = tmp_path / "run"
-    assert main(["run", "--config", str(CONFIG), *ARGS, "--out", str(out)]) == 0
+    # the explorer's examples stage reads no number compared here: skip it to keep the test short
+    assert main(["run", "--config", str(CONFIG), *ARGS, "--no-examples", "--out", str(out)]) == 0
     diff = differences(expected["digest"], digest_run(out))
     assert not diff, f"first difference: {diff[0]} ({len(diff)} item(s) differ: {diff})"
