@@ -50,6 +50,7 @@ def test_paper_config_is_the_papers_setting():
     assert c.languages == {k: f"hf:wikimedia/wikipedia:20231101.{k}:train" for k in LANGS}
     assert c.cultures == {k: f"~/Culture_Neurons/data/{k}" for k in LANGS}
     assert c.max_documents_language and c.cap("max_documents", "culture") is None  # every MUREL line
+    assert c.split == "head"  # the reference evaluates on the head of each corpus
     header = PAPER.read_text(encoding="utf-8").split("\n\n")[0]
     assert "tl-culture run --config examples/culture_neurons.toml --dry-run" in header
     assert "tl-culture run --config examples/culture_neurons.toml --out runs/paper" in header
@@ -63,6 +64,7 @@ def test_paper_config_dry_runs_with_a_clone(home, capsys):
     assert "counting up to 100,000,000 tokens per group" in out and "counting up to 10,000,000 tokens per group" in out
     assert "~/Culture_Neurons/data/zh: 2 documents" in out and "rows of 4,096 tokens" in out
     assert "Qwen/Qwen2.5-7B (hub model" in out and "bfloat16" in out
+    assert "the first 15% of the documents held out (head split)" in out
     assert out.strip().endswith("dry run: no problems found; no model loaded, nothing streamed or written")
     assert not (home / "runs").exists()
     plan = dry_run(ExperimentConfig.from_file(PAPER))

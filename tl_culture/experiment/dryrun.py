@@ -175,7 +175,9 @@ class RunPlan:
 
 def _heldout(cfg: ExperimentConfig) -> str:
     """How the held-out text is chosen."""
-    return f"{cfg.eval_fraction:.0%} of the documents held out (seed {cfg.seed})"
+    if cfg.split == "head":
+        return f"the first {cfg.eval_fraction:.0%} of the documents held out (head split)"
+    return f"a random {cfg.eval_fraction:.0%} of the documents held out (seed {cfg.seed})"
 
 
 def _plan_loaded(side: str, spec: str, corpus: Corpus, max_documents: int | None, token_cap: int | None) -> CorpusPlan:
