@@ -65,7 +65,9 @@ def run_method(
     if method in ("collect", "collect_text"):
         corpus = {"bench": rows if method == "collect" else texts}
         cap = None if method == "collect" else int(rows.numel()) - len(rows)  # the same number of counted tokens
-        stats = collect(model, corpus, seq_len=rows.shape[1], batch_size=batch_size, max_tokens=cap, progress=False)
+        # corpus order (sample_seed=None): the capped text must be the text of ``rows``
+        stats = collect(model, corpus, seq_len=rows.shape[1], batch_size=batch_size, max_tokens=cap,
+                        sample_seed=None, progress=False)
         return stats.counts[0]
     mlp = MLPHooks.from_model(model)
     dev = model_device(model)

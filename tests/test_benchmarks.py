@@ -77,18 +77,6 @@ def test_layer_shares_and_diagonal_dominance():
     assert d["margin"] == pytest.approx(0.1)
 
 
-def test_upper_layer_sets_counts_and_errors():
-    ev = _load("evaluation")
-    ns = ev.upper_layer_sets(n_layers=6, d_mlp=10, groups=3, neurons=7, start=4, seed=0)
-    assert ns.counts() == {"g0": 7, "g1": 7, "g2": 7}
-    assert not ns.masks[:, :4].any()
-    assert ns.masks[0].sum(1).tolist() == [0, 0, 0, 0, 4, 3]
-    with pytest.raises(TLCultureError, match=r"--start-layer 6 is outside the model's 0..5"):
-        ev.upper_layer_sets(6, 10, 2, 3, start=6, seed=0)
-    with pytest.raises(TLCultureError, match=r"--neurons 21 exceeds the 20 neurons of layers >= 4"):
-        ev.upper_layer_sets(6, 10, 2, 21, start=4, seed=0)
-
-
 # --------------------------------------------------------------------------- smoke: scripts on a tiny model
 def test_throughput_smoke(tiny_hf_dir, tmp_path):
     tp = _load("throughput")
