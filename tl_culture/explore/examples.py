@@ -50,6 +50,19 @@ class Context:
     values: list[float]
 
 
+def neuron_rows(layers: Int[torch.Tensor, " n"], neurons: Int[torch.Tensor, " n"]) -> dict[tuple[int, int], int]:
+    """``{(layer, neuron): row}`` of a result stored one neuron per row."""
+    return {(int(a), int(b)): i for i, (a, b) in enumerate(zip(layers.tolist(), neurons.tolist()))}
+
+
+def neuron_row(rows: dict[tuple[int, int], int], layer: int, neuron: int, missing: str) -> int:
+    """Row of ``(layer, neuron)`` in ``rows`` (`neuron_rows`); one-line error ``neuron L.N {missing}`` when absent."""
+    try:
+        return rows[(int(layer), int(neuron))]
+    except KeyError:
+        raise TLCultureError(f"neuron L{layer}.N{neuron} {missing}") from None
+
+
 def neuron_list(neurons: Any, mlp: MLPHooks | None = None) -> tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]]:
     """``(layers, indices)`` of a neuron selection, sorted by layer then index, without repeats.
 
@@ -123,7 +136,7 @@ class NeuronExamples:
             raise TLCultureError(f"activation must be [{n}, {G}, k], got {tuple(self.activation.shape)}")
         if self.token_ids.shape != self.values.shape or self.token_ids.shape[:3] != self.activation.shape:
             raise TLCultureError("token_ids and values must be [neuron, group, k, window] matching activation")
-        self._where = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(self.layers.tolist(), self.neurons.tolist()))}
+        self._where = neuron_rows(self.layers, self.neurons)
 
     @property
     def k(self) -> int:
@@ -147,12 +160,7 @@ class NeuronExamples:
 
     def index(self, layer: int, neuron: int) -> int:
         """Row of neuron ``(layer, neuron)``; raises when it was not explored."""
-        try:
-            return self._where[(int(layer), int(neuron))]
-        except KeyError:
-            raise TLCultureError(
-                f"neuron L{layer}.N{neuron} has no examples; these examples cover {len(self)} neurons"
-            ) from None
+        return neuron_row(self._where, layer, neuron, f"has no examples; these examples cover {len(self)} neurons")
 
     def group_index(self, group: str) -> int:
         if group not in self.groups:

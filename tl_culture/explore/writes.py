@@ -32,7 +32,7 @@ from jaxtyping import Float, Int
 
 from tl_culture._io import load_tensors, save_tensors
 from tl_culture.errors import TLCultureError
-from tl_culture.explore.examples import neuron_list
+from tl_culture.explore.examples import neuron_list, neuron_row, neuron_rows
 from tl_culture.explore.text import TokenText
 from tl_culture.model.hooks import MLPHooks
 from tl_culture.model.load import model_name
@@ -96,7 +96,7 @@ class NeuronWrites:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._where = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(self.layers.tolist(), self.neurons.tolist()))}
+        self._where = neuron_rows(self.layers, self.neurons)
 
     def __len__(self) -> int:
         return int(self.layers.shape[0])
@@ -106,10 +106,7 @@ class NeuronWrites:
         return pair in self._where
 
     def index(self, layer: int, neuron: int) -> int:
-        try:
-            return self._where[(int(layer), int(neuron))]
-        except KeyError:
-            raise TLCultureError(f"neuron L{layer}.N{neuron} has no direct effects here") from None
+        return neuron_row(self._where, layer, neuron, "has no direct effects here")
 
     def promoted(self, layer: int, neuron: int) -> list[tuple[str, float]]:
         """``(token, direct effect)`` of the tokens the neuron promotes most, largest first."""
