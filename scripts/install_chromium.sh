@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's headless-capable Chromium for the report's browser test (tests/test_report_browser.py).
+# Install Debian's headless-capable Chromium for the browser tests (tests/browser.py: the report and the explorer).
 # Idempotent: does nothing when /usr/bin/chromium exists. Needs root (CI containers run as root).
 set -euo pipefail
 # fonts-noto-cjk: the report shows Chinese text; without a CJK font screenshots show boxes.

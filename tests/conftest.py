@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,19 @@ def run_in_tl3_interpreter(test_file: Path, select: str, passed: int, needs: str
     assert found and int(found.group(1)) == passed, proc.stdout[-3000:]
 
 
+# --------------------------------------------------------------------------- headless Chromium (tests/browser.py)
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The Chromium executable; skips when it is missing, except under CI, where that fails."""
+    from tests.browser import CHROMIUM
+
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs chromium for the browser tests: run scripts/install_chromium.sh")
+        pytest.skip("chromium is not installed (scripts/install_chromium.sh)")
+    return CHROMIUM
+
+
 # --------------------------------------------------------------------------- run folders (report, experiment)
 RUN_CULTURES = ["en", "de", "da", "zh", "ru", "fa"]  # the demo corpus's groups
 RUN_EVALS = [f"lang:{c}" for c in RUN_CULTURES] + [f"cult:{c}" for c in RUN_CULTURES]
@@ -244,3 +258,25 @@ def write_corpus(path: Path, n_docs: int, seed: int) -> Path:
     lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n_docs)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------- culture folders (sampling, documents.json)
+#: A MUREL-like culture folder's files (one a subfolder deep) and the genre each holds.
+FILES = {"a_proverbs.txt": "proverb", "b_survey.txt": "survey", "c_tales/one.txt": "tale", "d_novel.txt": "novel"}
+
+
+def write_culture_folder(root: Path, lines: Callable[[str], list[str]]) -> Path:
+    """Write each of `FILES` under ``root``, holding the lines ``lines(genre)`` gives (a non-blank line a document).
+
+    Args:
+        root: The folder to write (created with any subfolders).
+        lines: Gives a file's lines (documents) from its genre.
+
+    Returns:
+        ``root``.
+    """
+    for name, genre in FILES.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("\n".join(lines(genre)) + "\n", encoding="utf-8")
+    return root

@@ -5,25 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import FILES, write_culture_folder
 from tl_culture.counting.collect import collect
 from tl_culture.data.corpus import Corpus, load_corpus
 from tl_culture.data.rows import SEPARATOR
 from tl_culture.data.sampling import capped_sample, document_record, documents_used, line_ranges, shuffled
 from tl_culture.errors import TLCultureError
 
-FILES = {"a_proverbs.txt": "proverb", "b_survey.txt": "survey", "c_tales/one.txt": "tale", "d_novel.txt": "novel"}
-
 
 @pytest.fixture()
 def folder(tmp_path):
     """A MUREL-like culture folder: four files (genres) of 30 one-line documents, a blank line in each."""
-    root = tmp_path / "culture"
-    for name, genre in FILES.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"{genre} number {i} the cat sat" for i in range(30)]
-        p.write_text("\n".join(lines[:5] + [""] + lines[5:]) + "\n", encoding="utf-8")
-    return root
+
+    def lines(genre: str) -> list[str]:
+        docs = [f"{genre} number {i} the cat sat" for i in range(30)]
+        return docs[:5] + [""] + docs[5:]
+
+    return write_culture_folder(tmp_path / "culture", lines)
 
 
 def test_origins_are_file_and_line(folder):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.data.test_sampling import FILES
+from tests.conftest import FILES, write_culture_folder
 from tl_culture.experiment.config import ExperimentConfig
 from tl_culture.experiment.run import run_experiment
 from tl_culture.experiment.rundir import RunDir
@@ -16,11 +16,8 @@ def _corpora(tmp_path):
         lang = tmp_path / f"{g}.txt"
         lang.write_text("\n".join(f"{g} general text number {i}" for i in range(40)) + "\n", encoding="utf-8")
         langs[g] = str(lang)
-        root = tmp_path / f"murel_{g}"
-        for name, genre in FILES.items():
-            p = root / name
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text("\n".join(f"{g} {genre} line {i} the cat sat" for i in range(25)) + "\n", encoding="utf-8")
+        root = write_culture_folder(tmp_path / f"murel_{g}",
+                                    lambda genre, g=g: [f"{g} {genre} line {i} the cat sat" for i in range(25)])
         cults[g] = str(root)
     return langs, cults
 

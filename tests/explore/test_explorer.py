@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.report.test_browser import check_offline, chromium, run_chromium  # noqa: F401  (chromium: fixture)
+from tests.browser import WithFragment, check_offline, run_chromium
 from tl_culture import ActivationStats, NeuronExamples, NeuronSet, culture_categories
 from tl_culture.explore.writes import APPROXIMATION, NeuronWrites
 from tl_culture.report.explorer import ALPHABET, OUTSIDE, SCALE, ZERO, explorer_data, save_explorer
@@ -61,16 +61,6 @@ def synthetic(n_layers: int, d_mlp: int, per_set: int, k: int, window: int, seed
     return languages, categories, stats, examples, writes
 
 
-class WithFragment:
-    """A page path whose URI carries a fragment (what `run_chromium` opens)."""
-
-    def __init__(self, path, fragment: str) -> None:
-        self.path, self.fragment = path, fragment
-
-    def as_uri(self) -> str:
-        return f"{self.path.as_uri()}#{self.fragment}"
-
-
 @pytest.fixture(scope="module")
 def small():
     return synthetic(n_layers=4, d_mlp=64, per_set=30, k=4, window=3, seed=1)
@@ -119,7 +109,7 @@ def test_without_examples_or_writes(small):
     assert data["groups"] == [f"cult:{x}" for x in LANGS] and data["neurons"]["hl"][0] is None
 
 
-def test_panel_opens_from_fragment_offline(chromium, small, tmp_path):  # noqa: F811
+def test_panel_opens_from_fragment_offline(chromium, small, tmp_path):
     languages, categories, stats, examples, writes = small
     data = explorer_data(languages, categories, stats, examples=examples, writes=writes, contexts=3)
     page = save_explorer(tmp_path / "explorer.html", data)
@@ -158,7 +148,7 @@ READY_MS_BUDGET = 4000
 SIZE_MB_BUDGET = 20
 
 
-def test_3500_neuron_explorer_loads_within_budget(chromium, tmp_path):  # noqa: F811
+def test_3500_neuron_explorer_loads_within_budget(chromium, tmp_path):
     """A 7B-size selection (32 layers x 11008 neurons, 12 groups, 5 contexts of 25 tokens each)."""
     languages, categories, stats, examples, writes = synthetic(n_layers=32, d_mlp=11008, per_set=1170, k=5,
                                                                window=12, seed=2)
@@ -183,7 +173,7 @@ def test_3500_neuron_explorer_loads_within_budget(chromium, tmp_path):  # noqa: 
     assert float(ready[1]) < READY_MS_BUDGET
 
 
-def test_without_circuitsvis_contexts_are_plain_colored_tokens(chromium, small, tmp_path):  # noqa: F811
+def test_without_circuitsvis_contexts_are_plain_colored_tokens(chromium, small, tmp_path):
     from tl_culture.report.explorer import explorer_section
     from tl_culture.report.html import page
 

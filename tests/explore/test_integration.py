@@ -7,9 +7,8 @@ import re
 
 import pytest
 
+from tests.browser import WithFragment, check_offline, run_chromium
 from tests.conftest import make_run
-from tests.explore.test_explorer import WithFragment
-from tests.report.test_browser import check_offline, chromium, run_chromium  # noqa: F401  (chromium: fixture)
 from tl_culture.experiment.config import ExperimentConfig
 from tl_culture.experiment.run import run_experiment
 from tl_culture.experiment.rundir import RunDir
@@ -32,7 +31,7 @@ def test_run_computes_examples_of_every_selected_neuron(run_dir):
     assert bool(examples.filled().any())
 
 
-def test_report_opens_the_explorer_at_a_neuron(chromium, run_dir, tmp_path):  # noqa: F811
+def test_report_opens_the_explorer_at_a_neuron(chromium, run_dir, tmp_path):
     run = RunDir.open(run_dir)
     examples, _ = run.read_examples()
     layer, j = examples.pairs()[0]
