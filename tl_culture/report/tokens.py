@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 
 from tl_culture.data.rows import bos_prefix, prompt_ids
 from tl_culture.errors import TLCultureError
+from tl_culture.explore.text import decode_incrementally
 from tl_culture.model.forward import run_to_layer
 from tl_culture.model.hooks import MLPHooks
 from tl_culture.model.load import model_device
@@ -62,27 +63,16 @@ class TokenActivations:
 
 
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    """The text each token adds, decoded incrementally.
+    """The text each token adds, decoded incrementally (`decode_incrementally`).
 
     Decoding ids one by one breaks characters that a byte-level tokenizer splits over several
-    tokens (each piece decodes to U+FFFD). Here token i gets ``decode(ids[:i+1])`` minus the text
-    already shown; a token that ends inside a character gets ``""`` and the token completing it
-    shows the whole character.
+    tokens (each piece decodes to U+FFFD). Here token i gets ``tokenizer.decode(ids[:i+1])`` minus
+    the text already shown; a token that ends inside a character gets ``""`` and the token
+    completing it shows the whole character. Where the decoding is not prefix-stable, a token gets
+    ``tokenizer.decode([id])``.
     """
     ids = [int(i) for i in ids]
-    out: list[str] = []
-    shown = ""
-    for i in range(len(ids)):
-        cur = tokenizer.decode(ids[: i + 1])
-        if cur.endswith("\ufffd") and i + 1 < len(ids):
-            out.append("")
-            continue
-        if cur.startswith(shown):
-            out.append(cur[len(shown):])
-        else:  # a tokenizer whose decoding is not prefix-stable: fall back to the single token
-            out.append(tokenizer.decode([ids[i]]))
-        shown = cur
-    return out
+    return decode_incrementally(tokenizer.decode, ids, lambda i: tokenizer.decode([ids[i]]))
 
 
 def _tokenize(model: Any, text: str | torch.Tensor, max_tokens: int | None) -> tuple[torch.Tensor, int, list[str]]:
