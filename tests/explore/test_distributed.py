@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tests.conftest import random_rows, tiny_model
-from tests.counting.test_distributed import one_thread, run_ranks
+from tests.ranks import one_thread, run_ranks
 from tl_culture import NeuronExamples, top_examples
 
 PAIRS = [(0, 1), (1, 7), (1, 30), (2, 12)]
