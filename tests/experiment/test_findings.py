@@ -73,8 +73,11 @@ def test_the_recorded_command_made_the_files(page, run):
     assert nll["bootstrap_units"] == "documents"
 
 
-def test_the_statements_of_the_prose_hold(run):
+def test_the_statements_of_the_prose_hold(run, page):
     nll, pairs = run["nll"], run["summary"]["pairs"]
+    # the run's times quoted in the caveats
+    assert f"{round(run['summary']['seconds']):,} s" in page
+    assert f"took {round(sum(m['meta']['seconds'] for m in nll.values())):,} s" in page
 
     def cell(name, field, g, e):
         m = nll[name]
