@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from tl_culture.data.corpus import Corpus
@@ -53,3 +54,34 @@ def test_bootstrap_against_direct_resampling():
         assert math.isclose(float(hi[k]), float(q[1]), rel_tol=1e-12, abs_tol=1e-12)
     one = bootstrap_cis(x[None], torch.zeros(7, dtype=torch.long))
     assert math.isnan(float(one[0][0]))
+
+
+def chunks(n: int, chunk: int) -> torch.Tensor:
+    """The units of ``delta_nll(units="chunks")``: ``chunk`` consecutive tokens each."""
+    return torch.arange(n) // chunk
+
+
+def test_chunk_units_against_the_resampling_written_out():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
+    s, n = unit_sums(x[None], chunks(5, 2))
+    assert s[0].tolist() == [3.0, 7.0, 5.0] and n.tolist() == [2.0, 2.0, 1.0]
+    lo, hi = bootstrap_cis(torch.full((1, 40), 0.25, dtype=torch.float64), chunks(40, 4), n_boot=100)
+    assert float(lo[0]) == pytest.approx(0.25) and float(hi[0]) == pytest.approx(0.25)
+    assert all(math.isnan(float(v[0])) for v in bootstrap_cis(x[None, :3], chunks(3, 8)))
+    # the same resampling written out: chunks drawn with replacement, ratio of sums, percentiles
+    d = torch.randn(64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    lo, hi = bootstrap_cis(d[None], chunks(64, 8), n_boot=300, generator=torch.Generator().manual_seed(9))
+    s, n = unit_sums(d[None], chunks(64, 8))
+    draws = torch.randint(0, 8, (300, 8), generator=torch.Generator().manual_seed(9))
+    means = torch.stack([s[0, r].sum() / n[r].sum() for r in draws])
+    q = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    assert (float(lo[0]), float(hi[0])) == pytest.approx((float(q[0]), float(q[1])))
+    assert float(lo[0]) < float(d.mean()) < float(hi[0])
+
+
+def test_too_few_units_draw_nothing_from_the_generator():
+    g = torch.Generator().manual_seed(4)
+    before = g.get_state()
+    lo, hi = bootstrap_cis(torch.ones(1, 5, dtype=torch.float64), chunks(5, 8), generator=g)
+    assert math.isnan(float(lo[0])) and math.isnan(float(hi[0]))
+    assert torch.equal(g.get_state(), before)

@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 
 from tl_culture.data.corpus import Corpus
 from tl_culture.data.rows import SEPARATOR
+from tl_culture.evaluation.bootstrap import CI_LEVEL
 
 MIN_BLOCK = 128
 """Fewest tokens of a block cut from a long document."""
@@ -99,7 +100,7 @@ def bootstrap_cis(
     units: Int[torch.Tensor, " token"],
     *,
     n_boot: int = 1000,
-    level: float = 0.95,
+    level: float = CI_LEVEL,
     generator: torch.Generator | None = None,
 ) -> tuple[Float[torch.Tensor, " k"], Float[torch.Tensor, " k"]]:
     """Percentile CIs of the mean of each series, all from the same unit resamples.
