@@ -47,7 +47,7 @@ def test_paired_ci_is_the_direct_computation():
     d = abl - base
     c = torch.stack(ctl).mean(0) - base
     assert out["delta"] == pytest.approx(float(d.mean())) and out["control_delta"] == pytest.approx(float(c.mean()))
-    assert out["paired"] == pytest.approx(float(d.mean() - c.mean()))
+    assert out["paired_delta"] == pytest.approx(float(d.mean() - c.mean()))
     lo, hi = bootstrap_cis(torch.stack([d, c, d - c]), units, n_boot=400, generator=torch.Generator().manual_seed(9))
     for i, name in enumerate(("delta", "control", "paired")):
         assert (out[f"{name}_ci_low"], out[f"{name}_ci_high"]) == (float(lo[i]), float(hi[i]))
@@ -62,7 +62,7 @@ def test_matrix_statistics_and_unit_warning():
            ("control", "a", 0): {e: v + 0.25 for e, v in base.items()}}
     units = {"x": torch.arange(40) // 4, "y": torch.arange(10)}
     cells = matrix_statistics(nll, ["a"], ["x", "y"], units, controls=1, n_boot=50, seed=0)
-    assert cells["paired"].tolist() == [[0.75, 0.75]] and cells["paired_ci_low"][0, 0] == pytest.approx(0.75)
+    assert cells["paired_delta"].tolist() == [[0.75, 0.75]] and cells["paired_ci_low"][0, 0] == pytest.approx(0.75)
     with pytest.warns(UserWarning, match="fewer than 30 documents"):
         assert unit_counts(units) == {"x": 10, "y": 10}
     assert unit_counts({"z": torch.arange(40)}, warn=True) == {"z": 40}

@@ -65,7 +65,12 @@ def cell_statistics(
     generator: torch.Generator,
     level: float = CI_LEVEL,
 ) -> dict[str, float]:
-    """Δ, control Δ and paired Δ − control of one cell, with CIs from the same resamples."""
+    """Δ, control Δ and paired Δ − control of one cell, with CIs from the same resamples.
+
+    Returns:
+        ``delta``, ``control_delta``, ``paired_delta`` (with controls) and their ``*_ci_low`` /
+        ``*_ci_high`` (with ``n_boot``): the names of the `NLLMatrix` fields.
+    """
     d = ablated.double() - base.double()
     series = [d]
     out = {"delta": float(d.mean()) if d.numel() else math.nan}
@@ -73,7 +78,7 @@ def cell_statistics(
         c = torch.stack([x.double() for x in controls]).mean(0) - base.double()
         series += [c, d - c]
         out["control_delta"] = float(c.mean())
-        out["paired"] = float((d - c).mean())
+        out["paired_delta"] = float((d - c).mean())
     if n_boot:
         lo, hi = bootstrap_cis(torch.stack(series), units, n_boot=n_boot, level=level, generator=generator)
         names = ["delta", "control", "paired"][: len(series)]

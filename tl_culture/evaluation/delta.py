@@ -124,12 +124,8 @@ def _matrix_fields(
     keyed = {"baseline": base, **{(r.kind, r.group) if r.kind == "ablate" else (r.kind, r.group, r.control): v
                                   for r, v in nll.items() if r != BASELINE}}
     cells = matrix_statistics(keyed, groups, evals, units, controls=controls, n_boot=bootstrap, seed=seed)
-    out["bootstrap_units"] = torch.tensor([int(units[e].max()) + 1 if units[e].numel() else 0 for e in evals])
-    names = {"delta_ci_low": "delta_ci_low", "delta_ci_high": "delta_ci_high", "control_delta": "control_delta",
-             "control_ci_low": "control_ci_low", "control_ci_high": "control_ci_high", "paired_delta": "paired",
-             "paired_ci_low": "paired_ci_low", "paired_ci_high": "paired_ci_high"}
-    out.update({field: cells[key] for field, key in names.items() if key in cells})
-    return out
+    cells.pop("delta")  # an NLLMatrix derives it from ablated − baseline
+    return {**out, **cells}
 
 
 def _check_groups(neurons: NeuronSet, groups: Sequence[str] | None) -> list[str]:
@@ -225,8 +221,9 @@ def delta_nll(
                        max_tokens=max_tokens, progress=progress)
     tok = getattr(model, "tokenizer", None)
     per_unit = {e: _units(c, tok, len(nll[BASELINE][e]), units, min_block, chunk) for e, c in named.items()}
-    unit_counts(per_unit, warn=bootstrap > 0)
+    counts = unit_counts(per_unit, warn=bootstrap > 0)
     fields = _matrix_fields(nll, groups, list(named), per_unit, controls=controls, bootstrap=bootstrap, seed=seed)
+    fields["bootstrap_units"] = torch.tensor([counts[e] for e in named], dtype=torch.int64)
     settings = dict(control_seeds=controls, seed=seed, bootstrap=bootstrap, bootstrap_units=units,
                     bootstrap_min_block=min_block, bootstrap_chunk=chunk, control_excludes_selected=exclude_selected)
     return NLLMatrix(**fields, meta=_meta(model, neurons, groups, named, settings, info))
