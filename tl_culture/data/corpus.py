@@ -74,16 +74,13 @@ class Corpus:
             h.update(self.rows.numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def _take(self, idx: Sequence[int], suffix: str) -> Corpus:
-        src = f"{self.source}#{suffix}" if self.source else suffix
+    def take(self, idx: Sequence[int], suffix: str | None = None) -> Corpus:
+        """The documents (or rows) at ``idx``, in that order; ``#suffix`` is added to the source when given."""
+        src = self.source if suffix is None else (f"{self.source}#{suffix}" if self.source else suffix)
         origins = [self.origins[i] for i in idx] if self.origins is not None else None
         if self.documents is not None:
             return Corpus(self.name, documents=[self.documents[i] for i in idx], source=src, origins=origins)
         return Corpus(self.name, rows=self.rows[list(idx)], source=src)
-
-    def take(self, idx: Sequence[int], suffix: str) -> Corpus:
-        """The documents (or rows) at ``idx``, in that order; ``#suffix`` is added to the source."""
-        return self._take(idx, suffix)
 
     def split(self, eval_fraction: float = 0.1, seed: int = 0, how: str = "random") -> tuple[Corpus, Corpus]:
         """Deterministic split into (selection, held-out) by document.
@@ -103,11 +100,11 @@ class Corpus:
             raise TLCultureError(f"corpus {self.name!r} has {n} document; a held-out split needs two or more")
         k = min(n - 1, max(1, round(eval_fraction * n)))
         if how == "head":
-            return self._take(range(k, n), "select"), self._take(range(k), "heldout")
+            return self.take(range(k, n), "select"), self.take(range(k), "heldout")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         held = sorted(perm[:k])
         keep = sorted(perm[k:])
-        return self._take(keep, "select"), self._take(held, "heldout")
+        return self.take(keep, "select"), self.take(held, "heldout")
 
     def halves(self, seed: int = 0) -> tuple[Corpus, Corpus]:
         """Two disjoint random halves (for split-half stability)."""
@@ -115,7 +112,7 @@ class Corpus:
         if n < 2:
             raise TLCultureError(f"corpus {self.name!r} has {n} document; halves need two or more")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-        return self._take(sorted(perm[: n // 2]), "half0"), self._take(sorted(perm[n // 2 :]), "half1")
+        return self.take(sorted(perm[: n // 2]), "half0"), self.take(sorted(perm[n // 2 :]), "half1")
 
 
 def _read_text(path: Path) -> str:
@@ -258,8 +255,7 @@ def _capped(corpus: Corpus, max_documents: int | None, seed: int = 0) -> Corpus:
     if max_documents is None or max_documents >= n:
         return corpus
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    out = corpus.take(sorted(perm[:max_documents]), "")
-    return Corpus(corpus.name, documents=out.documents, source=corpus.source, origins=out.origins)
+    return corpus.take(sorted(perm[:max_documents]))
 
 
 def _load_rows(path: Path) -> torch.Tensor:

@@ -26,8 +26,7 @@ from tl_culture.data.rows import SEPARATOR
 def shuffled(corpus: Corpus, seed: int) -> Corpus:
     """The corpus with its documents (or rows) in a seeded random order; its source is kept."""
     perm = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(int(seed))).tolist()
-    out = corpus.take(perm, "")
-    return Corpus(corpus.name, out.documents, out.rows, corpus.source, out.origins)
+    return corpus.take(perm)
 
 
 def capped_sample(corpus: Corpus, max_tokens: int | None, seed: int | None) -> Corpus:
