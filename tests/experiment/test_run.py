@@ -106,3 +106,23 @@ def test_each_side_has_its_own_token_cap(tmp_path, tiny_hf_model):
     assert int(both.stats_culture.tokens.max()) <= 120 < int(both.stats_language.tokens.max())
     assert (both.stability["language"], both.stability["culture"]) == (lang.stability["language"],
                                                                        cult.stability["culture"])
+
+
+def test_add_examples_rebuilds_the_runs_own_split(tmp_path, tiny_hf_model, monkeypatch):
+    import tl_culture.experiment.run as run_module
+
+    cfg = small(tmp_path / "run", split="head", examples=False, report=False)
+    run_experiment(cfg, model=tiny_hf_model)
+    seen = {}
+
+    def capture(cfg_, model, lang_sel, cult_sel, *rest):
+        seen.update(lang=lang_sel, cult=cult_sel)
+        return "examples", "writes"
+
+    monkeypatch.setattr(run_module, "examples_stage", capture)
+    assert run_module.add_examples(RunDir.open(cfg.out), tiny_hf_model) == ("examples", "writes")
+    languages, cultures = cfg.load_corpora()
+    for side, corpora in (("lang", languages), ("cult", cultures)):
+        for name, c in corpora.items():
+            head_select, _ = c.split(cfg.eval_fraction, cfg.seed, "head")
+            assert seen[side][name].documents == head_select.documents, (side, name)

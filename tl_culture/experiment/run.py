@@ -84,13 +84,12 @@ class ExperimentResult:
     steering: dict[str, SteerEval] | None = None
 
 
-def split_all(
-    corpora: dict[str, Corpus], fraction: float, seed: int, how: str = "random"
-) -> tuple[dict[str, Corpus], dict[str, Corpus]]:
-    """Split every corpus into (selection, held-out) (`Corpus.split`)."""
+def split_all(corpora: dict[str, Corpus], cfg: ExperimentConfig) -> tuple[dict[str, Corpus], dict[str, Corpus]]:
+    """Split every corpus into (selection, held-out) as the run does (`Corpus.split` with the config's
+    ``eval_fraction``, ``seed`` and ``split``)."""
     sel, held = {}, {}
     for name, c in corpora.items():
-        sel[name], held[name] = c.split(fraction, seed, how)
+        sel[name], held[name] = c.split(cfg.eval_fraction, cfg.seed, cfg.split)
     return sel, held
 
 
@@ -145,8 +144,8 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None, *, reporter: Report
     with RunDir.staged(cfg.out) as run:
         if model is None:
             model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        lang_sel, lang_held = split_all(languages, cfg.eval_fraction, cfg.seed, cfg.split)
-        cult_sel, cult_held = split_all(cultures, cfg.eval_fraction, cfg.seed, cfg.split)
+        lang_sel, lang_held = split_all(languages, cfg)
+        cult_sel, cult_held = split_all(cultures, cfg)
         # an eval token cap scores a seeded sample of held-out documents, as counting's cap does
         lang_held = {k: capped_sample(v, cfg.eval_tokens, cfg.seed) for k, v in lang_held.items()}
         cult_held = {k: capped_sample(v, cfg.eval_tokens, cfg.seed) for k, v in cult_held.items()}
@@ -235,8 +234,8 @@ def add_examples(run: RunDir, model: Any, examples_tokens: int | None = None) ->
     if examples_tokens is not None:
         cfg.examples_tokens = examples_tokens
     languages, cultures = cfg.load_corpora()
-    lang_sel, _ = split_all(languages, cfg.eval_fraction, cfg.seed)
-    cult_sel, _ = split_all(cultures, cfg.eval_fraction, cfg.seed)
+    lang_sel, _ = split_all(languages, cfg)
+    cult_sel, _ = split_all(cultures, cfg)
     explored = examples_stage(cfg, model, lang_sel, cult_sel, run.read_language_neurons(), run.read_categories(), run)
     if explored is None:
         raise TLCultureError(f"{run.path} selected no neuron; there is nothing to explore")
