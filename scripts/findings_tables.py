@@ -56,16 +56,11 @@ class Cells:
     def get(self, field: str, g: str, e: str) -> float | None:
         return self.m[field][self.groups.index(g)][self.evals.index(e)]
 
-    def delta_ci(self, g: str, e: str) -> str:
-        return f"{num(self.get('delta', g, e))} {ci(self.get('delta_ci_low', g, e), self.get('delta_ci_high', g, e))}"
-
-    def paired_ci(self, g: str, e: str) -> str:
-        lo, hi = self.get("paired_ci_low", g, e), self.get("paired_ci_high", g, e)
-        return f"{num(self.get('paired_delta', g, e))} {ci(lo, hi)}"
-
-    def control_ci(self, g: str, e: str) -> str:
-        lo, hi = self.get("control_ci_low", g, e), self.get("control_ci_high", g, e)
-        return f"{num(self.get('control_delta', g, e))} {ci(lo, hi)}"
+    def with_ci(self, kind: str, g: str, e: str) -> str:
+        """``kind`` (``delta``, ``control`` or ``paired``) of a cell with its CI: ``+1.087 [+0.884, +1.386]``."""
+        value = "delta" if kind == "delta" else f"{kind}_delta"
+        lo, hi = self.get(f"{kind}_ci_low", g, e), self.get(f"{kind}_ci_high", g, e)
+        return f"{num(self.get(value, g, e))} {ci(lo, hi)}"
 
     def largest(self, g: str, skip: set[str], prefix: str = "") -> str:
         """The largest Δ of row ``g`` on the evals outside ``skip`` (starting with ``prefix``), with its eval."""
@@ -147,9 +142,9 @@ def language_table(run: dict[str, Any]) -> str:
         rows.append(
             [
                 f"{g} ({n})",
-                c.delta_ci(g, own),
-                c.control_ci(g, own),
-                c.paired_ci(g, own),
+                c.with_ci("delta", g, own),
+                c.with_ci("control", g, own),
+                c.with_ci("paired", g, own),
                 c.mean(g, {own}, "lang:"),
                 c.largest(g, {own}, "lang:"),
             ]
@@ -185,7 +180,13 @@ def culture_table(run: dict[str, Any]) -> str:
         own, lang = f"cult:{g}", f"lang:{pairs[g]}"
         n = run["summary"]["neurons"]["culture"][g]
         rows.append(
-            [f"{g} ({n})", c.delta_ci(g, own), c.paired_ci(g, own), c.delta_ci(g, lang), c.largest(g, {own}, "cult:")]
+            [
+                f"{g} ({n})",
+                c.with_ci("delta", g, own),
+                c.with_ci("paired", g, own),
+                c.with_ci("delta", g, lang),
+                c.largest(g, {own}, "cult:"),
+            ]
         )
     header = [
         "ablated (neurons)",
@@ -206,7 +207,12 @@ def categories_table(run: dict[str, Any]) -> str:
         nc, npure = counts["compound"][g], counts["pure"][g]
         row = [g, f"{nc}", num(comp.get("delta", g, own)), num(comp.get("delta", g, lang)), f"{npure}"]
         if npure:
-            row += [pure.delta_ci(g, own), pure.paired_ci(g, own), pure.delta_ci(g, lang), pure.largest(g, {own, lang})]
+            row += [
+                pure.with_ci("delta", g, own),
+                pure.with_ci("paired", g, own),
+                pure.with_ci("delta", g, lang),
+                pure.largest(g, {own, lang}),
+            ]
         else:
             row += ["–"] * 4
         rows.append(row)
