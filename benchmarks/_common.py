@@ -145,6 +145,27 @@ def bench_rows(model: Any, tokens: int, seq_len: int) -> Int[torch.Tensor, "row 
     return full.repeat(reps, 1)[:n_rows].contiguous()
 
 
+# --------------------------------------------------------------------------- memory
+def status_kib(key: str) -> int:
+    """A line of /proc/self/status in KiB (``VmRSS``: resident now, ``VmHWM``: its peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise TLCultureError(f"/proc/self/status has no {key}; the memory figures need Linux")
+
+
+def reset_peak_rss() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), then set this process's
+    VmHWM to its current resident memory, so the next peak counts only what is allocated anew."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.util.find_library("c")
+    if libc:
+        ctypes.CDLL(libc).malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+
+
 # --------------------------------------------------------------------------- timing
 def interleaved(
     methods: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True, extra: Callable[[], None] | None = None

@@ -42,17 +42,6 @@ FLAT_TOLERANCE = 0.05
 
 
 # --------------------------------------------------------------------------- worker
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise TLCultureError(f"/proc/self/status has no {key}; the memory benchmark needs Linux")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-
-
 def run_method(
     method: str, model: Any, rows: torch.Tensor, batch_size: int, texts: list[str] | None = None
 ) -> torch.Tensor:
@@ -108,8 +97,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         for p in model.parameters():
             p.data.sum()
     gc.collect()
-    base = _status_kib("VmRSS")
-    _reset_peak()
+    base = C.status_kib("VmRSS")
+    C.reset_peak_rss()
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -125,7 +114,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": seconds,
         "tokens_per_s": rows.numel() / seconds,
         "base_rss_mib": base / 1024,
-        "peak_rss_mib": _status_kib("VmHWM") / 1024,
+        "peak_rss_mib": C.status_kib("VmHWM") / 1024,
         "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
         "base_cuda_mib": cuda_base / 2**20 if cuda_base is not None else None,
         "counts_sum": int(counts.sum()),

@@ -193,31 +193,38 @@ def test_memory_worker_failure_message(tmp_path):
 
 def test_evaluation_smoke(tiny_hf_dir, tmp_path):
     ev = _load("evaluation")
-    out = ev.main(
-        [
-            "--model",
-            str(tiny_hf_dir),
-            "--groups",
-            "2",
-            "--neurons",
-            "4",
-            "--batch-size",
-            "1,4",
-            "--eval-tokens",
-            "16",
-            "--seq-len",
-            "16",
-            "--repeats",
-            "1",
-            "--out",
-            str(tmp_path / "ev.json"),
-        ]
-    )
-    one, four = out["results"]
-    assert out["forwards_per_batch"] == 1 + 2 * (1 + 1)  # baseline, 2 ablations, 2 controls
-    assert one["tokens_per_eval"] == four["tokens_per_eval"] == [16, 16]
-    assert one["forwards"] == 4 * 5 and four["forwards"] == 1 * 5  # two rows (15 + 1 tokens after BOS) per corpus
-    assert one["forwards_per_s"] == pytest.approx(one["forwards"] / one["median_s"])
+    args = ["--model", str(tiny_hf_dir), "--tokens", "60", "--seq-len", "16", "--batch-size", "2", "--neurons", "8",
+            "--repeats", "1", "--out", str(tmp_path / "ev.json")]
+    out = ev.main(args)
+    assert out["tokens"] == 4 * 15 and out["native"]["backend"] == "native"  # 4 rows of 16, BOS not scored
+    for name, r in out["results"].items():
+        assert r["scored_tokens_per_s"] == pytest.approx(out["tokens"] / r["median_s"]), name
+        assert r["vs_hf_floor"] == pytest.approx(out["results"]["hf_floor"]["median_s"] / r["median_s"]), name
+        assert r["peak_mib_over_start"] >= 0 and 0 < r["matmul_peak_fraction"]
+    assert out["results"]["hf_floor"]["vs_hf_floor"] == 1.0
+    assert json.loads((tmp_path / "ev.json").read_text())["command"].endswith("--out " + str(tmp_path / "ev.json"))
+
+
+def test_evaluation_methods_compute_the_same_nll(tiny_hf_dir):
+    """The three timed passes score the same tokens: the native and hooks NLLs agree, and without the
+    ablation both equal the HF copy's mean loss."""
+    import torch
+
+    from tl_culture import load_model
+    from tl_culture.evaluation.scorer import hooks_nll
+
+    ev = _load("evaluation")
+    model = load_model(str(tiny_hf_dir), device="cpu")
+    hf = ev.C.load_plain_hf(str(tiny_hf_dir), torch.float32, torch.device("cpu"))
+    rows = ev.C.bench_rows(model, 60, 16)
+    count = torch.ones_like(rows, dtype=torch.bool)
+    count[:, 0] = False
+    with torch.inference_mode():
+        plain = torch.cat(hooks_nll(model, rows, count, None, []))
+        assert float(plain.mean()) == pytest.approx(float(hf(rows, labels=rows).loss), abs=1e-5)
+    args = ev.parse(["--model", str(tiny_hf_dir), "--neurons", "8", "--batch-size", "2"])
+    fns = ev.methods(args, model, hf, rows)
+    assert fns["info"]["backend"] == "native" and set(fns) == {*ev.METHODS, "info"}
 
 
 def test_compare_models_smoke(tiny_hf_dir, tmp_path, shared_data):

@@ -83,7 +83,7 @@ def test_matrix_records_units_and_paired_cis(tiny_hf_model, tmp_path):
     m.masks[0, 1, :6] = True
     with pytest.warns(UserWarning, match="fewer than 30 documents for {'y'"):
         res = delta_nll(tiny_hf_model, ev, m, seq_len=32, max_tokens=None, controls=2, bootstrap=50,
-                        progress=False, allow_overlap=True)
+                        progress=False, allow_overlap=True, control_cells="all")
     assert res.bootstrap_units.tolist()[0] == 40  # one unit per document
     assert 1 <= res.bootstrap_units.tolist()[1] == int(res.tokens[1]) // 128  # a long document in blocks
     assert res.meta["bootstrap_units"] == "documents" and res.meta["control_excludes_selected"]

@@ -69,7 +69,7 @@ def test_baseline_cache_reuses_only_the_same_text_and_settings(tiny_models, ab_n
 
 def test_controls_reproducible_with_seed(tiny_models, ab_neurons):
     model = tiny_models["gated"]
-    kw = dict(seq_len=12, batch_size=4, max_tokens=None, controls=2, bootstrap=200, progress=False)
+    kw = dict(seq_len=12, batch_size=4, max_tokens=None, controls=2, bootstrap=200, progress=False, control_cells="all")
     a = delta_nll(model, xy_corpora(), ab_neurons, seed=5, **kw)
     b = delta_nll(model, xy_corpora(), ab_neurons, seed=5, **kw)
     c = delta_nll(model, xy_corpora(), ab_neurons, seed=6, **kw)
@@ -84,7 +84,7 @@ def test_control_delta_is_mean_over_seeds(tiny_models, ab_neurons):
     model = tiny_models["dense"]
     ev = {"x": Corpus("x", rows=random_rows(3, 2))}
     res = delta_nll(model, ev, ab_neurons, seq_len=12, max_tokens=None, controls=2, bootstrap=0, seed=1,
-                    progress=False, exclude_selected=False)
+                    control_cells="all", progress=False, exclude_selected=False)
     ids = ev["x"].rows
     base = hand_nll(model, ids)
     for gi, g in enumerate(ab_neurons.groups):
@@ -94,7 +94,7 @@ def test_control_delta_is_mean_over_seeds(tiny_models, ab_neurons):
     # the default: draws outside every selected neuron (as far as the tiny layers allow)
     with pytest.warns(UserWarning, match="also draws excluded neurons"):
         res = delta_nll(model, ev, ab_neurons, seq_len=12, max_tokens=None, controls=2, bootstrap=0, seed=1,
-                        progress=False)
+                        control_cells="all", progress=False)
         draws = control_ablations(ab_neurons, ab_neurons.groups, 2, 1, ab_neurons.masks.any(0))
     for gi, g in enumerate(ab_neurons.groups):
         d = [hand_nll(model, ids, draws[g, s].fwd_hooks(model)) - base for s in range(2)]
@@ -176,3 +176,25 @@ def test_ablating_language_neurons_raises_its_nll(default_model, shared_data):
     assert d[0] > ctrl[0]  # ... more than ablating as many random neurons per layer ...
     assert d[0] > d[1]  # ... and more than it raises the NLL of English text
     assert res.delta_ci_low[0, 0] > 0
+
+
+def test_controls_run_on_own_text_only_by_default(tiny_models, ab_neurons):
+    """``control_cells="own"``: a group's controls on its own text (by name or ``pairs``), the same
+    numbers as with ``"all"`` there, null elsewhere, and fewer scored tokens."""
+    model = tiny_models["gated"]
+    ev = {"lang:a": xy_corpora()["x"], "lang:b": xy_corpora()["y"], "other": Corpus("o", rows=random_rows(3, 2))}
+    kw = dict(seq_len=12, batch_size=2, max_tokens=None, controls=2, bootstrap=100, seed=4, progress=False)
+    own = delta_nll(model, ev, ab_neurons, pairs={"b": "other"}, **kw)
+    every = delta_nll(model, ev, ab_neurons, control_cells="all", **kw)
+    ran = torch.tensor([[True, False, False], [False, True, True]])  # a: lang:a; b: lang:b and its pair
+    assert own.meta["control_cells"] == "own" and every.meta["control_cells"] == "all"
+    for name in ("control_delta", "control_ci_low", "paired_delta", "paired_ci_high"):
+        mine, theirs = getattr(own, name), getattr(every, name)
+        assert torch.equal(torch.isfinite(mine), ran), name
+        torch.testing.assert_close(mine[ran], theirs[ran], rtol=0, atol=1e-9)
+    torch.testing.assert_close(own.delta_ci_low, every.delta_ci_low, rtol=0, atol=1e-12)  # same resamples
+    tokens = own.tokens.tolist()
+    per_run = {"own": own.meta["scored_tokens"], "all": every.meta["scored_tokens"]}
+    assert per_run["all"] - per_run["own"] == 2 * (tokens[1] + tokens[2]) + 2 * tokens[0]  # 2 draws, cells not run
+    with pytest.raises(TLCultureError, match="unknown control cells 'some'"):
+        delta_nll(model, ev, ab_neurons, control_cells="some", **kw)

@@ -16,7 +16,7 @@ from tl_culture.evaluation.matrix import NLLMatrix
 
 def test_nll_matrix_roundtrip_and_table(tmp_path, tiny_models, ab_neurons):
     res = delta_nll(tiny_models["gated"], xy_corpora(), ab_neurons, seq_len=12, max_tokens=None, controls=1,
-                    bootstrap=20, progress=False)
+                    control_cells="all", bootstrap=20, progress=False)
     res.ablated[1, 0] = math.nan  # a missing cell survives as null
     p = tmp_path / "nll" / "culture.json"
     res.save(p)

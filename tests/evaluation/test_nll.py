@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import hand_nll, xy_corpora
-from tl_culture import NeuronSet
+from tl_culture import Corpus, NeuronSet, TLCultureError
 from tl_culture.evaluation.nll import token_nll, token_nlls
 from tl_culture.intervene.interventions import ablate
 
@@ -64,3 +64,45 @@ def test_hooks_already_on_the_model_stay_on_for_every_pass(tiny_models, ab_neuro
     both = [user, *ints["a"].fwd_hooks(model)]
     assert float(nll["a"]["x"].mean()) == pytest.approx(hand_nll(model, ids, both), abs=1e-5)
     assert not any(hp.fwd_hooks for hp in model.hook_dict.values())  # nothing left behind
+
+
+def three_corpora() -> dict[str, list[str]]:
+    return {"en": ["the cat sat on the mat"] * 4, "de": ["der Hund schläft"] * 5, "ru": ["кошка спит"] * 6}
+
+
+def test_evals_of_scores_a_key_on_its_corpora_only(tiny_hf_model):
+    masks = torch.zeros(1, 2, 48, dtype=torch.bool)
+    masks[0, 0, :12] = True
+    it = ablate(NeuronSet(["g"], masks), "g")
+    kw = dict(seq_len=8, max_tokens=None, progress=False, batch_size=2)
+    full, info_full = token_nlls(tiny_hf_model, three_corpora(), {"base": None, "g": it}, **kw)
+    part, info = token_nlls(tiny_hf_model, three_corpora(), {"base": None, "g": it}, evals_of={"g": ["en", "ru"]}, **kw)
+    assert list(part["g"]) == ["en", "ru"] and list(part["base"]) == ["en", "de", "ru"]
+    for e in ("en", "ru"):  # the same tokens, whichever rows shared the batch
+        torch.testing.assert_close(part["g"][e], full["g"][e], rtol=0, atol=1e-6)
+    de = len(full["base"]["de"])
+    assert info["scored_tokens"] == info_full["scored_tokens"] - de > 0
+    none, _ = token_nlls(tiny_hf_model, three_corpora(), {"base": None, "g": it}, evals_of={"g": []}, **kw)
+    assert none["g"] == {}
+    with pytest.raises(TLCultureError, match="unknown eval corpora \\['fr'\\]"):
+        token_nlls(tiny_hf_model, three_corpora(), {"g": it}, evals_of={"g": ["fr"]}, **kw)
+
+
+@pytest.mark.parametrize("backend", ["native", "hooks"])
+def test_both_backends_give_the_hand_nll(tiny_hf_model, backend):
+    from tl_culture.data.rows import encode
+
+    masks = torch.zeros(1, 2, 48, dtype=torch.bool)
+    masks[0, 1, 5:20] = True
+    it = ablate(NeuronSet(["g"], masks), "g")
+    docs = three_corpora()["en"]
+    nll, info = token_nlls(tiny_hf_model, {"en": docs}, {"base": None, "g": it}, seq_len=8, max_tokens=None,
+                           progress=False, backend=backend)
+    assert info["backend"] == backend and "backend_note" not in info
+    ids = encode(Corpus("en", documents=docs), tiny_hf_model.tokenizer, 8).input_ids
+    full = ids[:-1]  # the packed rows of the full width (the last one is shorter)
+    n = (full.shape[1] - 1) * len(full)
+    assert n > 0 and full.shape[1] == 8
+    assert float(nll["base"]["en"][:n].mean()) == pytest.approx(hand_nll(tiny_hf_model, full), abs=1e-5)
+    hooks = it.fwd_hooks(tiny_hf_model)
+    assert float(nll["g"]["en"][:n].mean()) == pytest.approx(hand_nll(tiny_hf_model, full, hooks), abs=1e-5)

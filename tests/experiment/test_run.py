@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tl_culture import NLLMatrix, TLCultureError
+from tl_culture.evaluation.heldout import is_own_text
 from tl_culture.experiment.config import CATEGORIES, ExperimentConfig
 from tl_culture.experiment.run import run_experiment
 from tl_culture.experiment.rundir import SAMPLES_PER_CORPUS, RunDir
@@ -31,7 +32,11 @@ def test_run_experiment_writes_nll_matrices(tmp_path, tiny_hf_model):
             assert m.evals == [f"lang:{res.pairs[c]}" for c in cultures]
         else:
             assert m.evals == [f"cult:{c}" for c in cultures]
-        assert m.control_delta is not None and m.delta_ci_low is not None
+        assert m.delta_ci_low is not None and m.meta["control_cells"] == "own"
+        own = torch.tensor([[is_own_text(g, e, res.pairs) for e in m.evals] for g in m.groups], dtype=torch.bool)
+        if name in ("language", "culture"):  # controls ran on each group's own text, nowhere else
+            assert m.control_delta is not None and bool(own.any())
+            assert torch.equal(torch.isfinite(m.control_delta), own.reshape(m.control_delta.shape))
         assert (m.tokens == 24).all()
         torch.testing.assert_close(m.ablated, res.nll[name].ablated, equal_nan=True)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from tl_culture import ActivationStats, MLPHooks, TLCultureError, collect
-from tl_culture.model.fastpath import (
-    ACT_MODULE_NAMES,
-    NativeForward,
-    act_module,
-    bridge_attention,
-    bridge_fast_path,
-    check_backend,
-    native_problem,
-)
+from tl_culture.model.bridge import bridge_attention, bridge_fast_path, check_backend, native_problem
+from tl_culture.model.fastpath import ACT_MODULE_NAMES, NativeForward, act_module
 
 TEXTS = {
     "en": ["the cat sat on the mat", "the dog sat on the cat and the mat", "a cat"],

@@ -335,6 +335,15 @@ def test_delta_nll_heatmap_diagonal_control_row_and_ci_bars():
     np.testing.assert_allclose([s[1][1] for s in segs], bars["ci_high"])
 
 
+def test_delta_nll_control_row_averages_the_cells_with_a_control():
+    m = _nll(["en", "de"], ["lang:en", "lang:de", "other"])
+    m.control_delta = np.array([[0.01, np.nan, np.nan], [np.nan, 0.03, np.nan]])  # controls on own text only
+    f = plot_delta_nll(m)
+    np.testing.assert_allclose(f.data["control_row"], [0.01, 0.03, np.nan])
+    heat = np.asarray(f.fig.axes[0].images[0].get_array(), dtype=float)
+    np.testing.assert_allclose(heat[3], [0.01, 0.03, np.nan])
+
+
 def test_delta_nll_without_optional_fields_and_one_group():
     f = plot_delta_nll(_nll(["generic"], ["cult:en", "cult:de"], ci=False, control=False))
     assert f.data["control_row"] is None and not f.data["diagonal"].any()

@@ -11,7 +11,7 @@ from tl_culture.counting.distributed import DistInfo, collect_under_torchrun
 from tl_culture.counting.stats import ActivationStats
 from tl_culture.data.corpus import load_corpus
 from tl_culture.experiment.config import COLLECT_FIELDS, MODEL_FIELDS, ExperimentConfig
-from tl_culture.model.fastpath import check_backend
+from tl_culture.model.bridge import check_backend
 from tl_culture.model.load import load_model
 
 DEFAULTS = signature_defaults(collect)

@@ -30,6 +30,8 @@ def _cmd(args: argparse.Namespace) -> int:
         model, corpora, neurons, groups=None if is_reference(args.neurons) else groups, seq_len=args.seq_len,
         batch_size=args.batch_size, max_tokens=args.max_tokens, controls=args.control_seeds, seed=args.seed,
         bootstrap=args.bootstrap, allow_overlap=args.allow_overlap, progress=args.progress,
+        control_cells=args.control_cells, pairs=pairs_to_dict(args.pair, "GROUP=EVAL"), backend=args.backend,
+        attention=args.attention,
     )
     res.save(args.out)
     print(res.table())
@@ -45,8 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_neuron_file_args(p, "groups to ablate, comma-separated (a .pth file: its group names)")
     p.add_argument("--corpus", action="append", required=True, metavar="NAME=PATH", help="an eval corpus (repeat)")
     p.add_argument("--out", required=True, help="NLL matrix file to write (.json)")
-    add_options(p, ExperimentConfig, ("control_seeds", "bootstrap"),
-                defaults={"control_seeds": d["controls"], "bootstrap": d["bootstrap"]})
+    add_options(p, ExperimentConfig, ("control_seeds", "control_cells", "bootstrap", "backend", "attention"),
+                defaults={"control_seeds": d["controls"], "bootstrap": d["bootstrap"],
+                          "control_cells": d["control_cells"], "backend": d["backend"], "attention": d["attention"]})
+    p.add_argument("--pair", action="append", metavar="GROUP=EVAL",
+                   help="count EVAL as GROUP's own text for the controls when the names differ (repeat)")
     add_option(p, "--seed", "seed of the controls and bootstrap", d["seed"], type=int)
     add_option(p, "--seq-len", "tokens per row", d["seq_len"], type=positive_int)
     add_option(p, "--batch-size", "rows per forward", d["batch_size"], type=positive_int)

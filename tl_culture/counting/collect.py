@@ -39,7 +39,8 @@ from tl_culture.data.corpus import Corpus, as_corpora
 from tl_culture.data.rows import RowStream, TokenRows
 from tl_culture.data.sampling import capped_sample
 from tl_culture.errors import TLCultureError
-from tl_culture.model.fastpath import NativeForward, check_backend
+from tl_culture.model.bridge import check_backend
+from tl_culture.model.fastpath import NativeForward
 from tl_culture.model.forward import is_oom
 from tl_culture.model.hooks import MLPHooks
 from tl_culture.model.load import model_device, model_name

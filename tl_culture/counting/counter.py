@@ -26,7 +26,8 @@ from jaxtyping import Float, Int
 
 from tl_culture.data.rows import TokenRows
 from tl_culture.errors import TLCultureError
-from tl_culture.model.fastpath import NativeForward, bridge_attention, native_problem
+from tl_culture.model.bridge import bridge_attention, native_problem
+from tl_culture.model.fastpath import NativeForward
 from tl_culture.model.forward import stop_after, until_stop
 from tl_culture.model.hooks import MLPHooks
 

@@ -51,6 +51,10 @@ class TokenRows:
             self.input_ids[start:stop], self.attention_mask[start:stop], self.count_mask[start:stop], dict(self.meta)
         )
 
+    def take(self, index: Int[torch.Tensor, " n"]) -> TokenRows:
+        """The rows at ``index``, in that order (copies)."""
+        return TokenRows(self.input_ids[index], self.attention_mask[index], self.count_mask[index], dict(self.meta))
+
     def trimmed(self) -> TokenRows:
         """The rows without their trailing all-padding columns (views), as a model should see them.
 

@@ -110,13 +110,14 @@ def matrix_statistics(
 ) -> dict[str, Float[torch.Tensor, "group eval"]]:
     """Every cell's `cell_statistics` as ``[group, eval]`` tensors.
 
-    ``nll`` maps ``"baseline"``, ``("ablate", g)`` and ``("control", g, k)`` to per-eval per-token NLLs.
+    ``nll`` maps ``"baseline"``, ``("ablate", g)`` and ``("control", g, k)`` to per-eval per-token NLLs;
+    a cell whose eval corpus a control was not scored on has no control (its control fields stay NaN).
     """
     g = torch.Generator().manual_seed(int(seed))
     cells: dict[str, torch.Tensor] = {}
     for gi, grp in enumerate(groups):
         for ei, e in enumerate(evals):
-            ctl = [nll["control", grp, k][e] for k in range(controls)]
+            ctl = [nll["control", grp, k][e] for k in range(controls) if e in nll["control", grp, k]]
             stats = cell_statistics(nll["baseline"][e], nll["ablate", grp][e], ctl, units[e], n_boot=n_boot,
                                     generator=g, level=level)
             for name, v in stats.items():

@@ -71,6 +71,18 @@ def _runs(neurons: NeuronSet, groups: Sequence[str], controls: int, seed: int,
     return runs
 
 
+CONTROL_CELLS = ("own", "all")
+"""Which cells of a matrix get the random controls: each group's own text, or every cell."""
+
+
+def control_evals(runs: Mapping[Run, Any], evals: list[str], cells: str,
+                  pairs: Mapping[str, str] | None) -> dict[Run, list[str]]:
+    """The eval corpora each control run is scored on (runs not named: every eval corpus)."""
+    if cells == "all":
+        return {}
+    return {r: [e for e in evals if is_own_text(r.group, e, pairs)] for r in runs if r.kind == "control"}
+
+
 UNITS = ("documents", "chunks")
 """Resampling units of the bootstrap: held-out documents (long ones in blocks), or token chunks."""
 
@@ -92,7 +104,8 @@ def _score(
     **kw: Any,
 ) -> tuple[Scores, dict[str, Any]]:
     """Per-token NLLs of every run, plus the baseline (taken from ``baseline_cache`` when there)."""
-    key = (tuple((n, c.fingerprint) for n, c in named.items()), kw["seq_len"], kw["batch_size"], kw["max_tokens"])
+    key = (tuple((n, c.fingerprint) for n, c in named.items()), kw["seq_len"], kw["batch_size"], kw["max_tokens"],
+           kw["backend"], kw["attention"])
     cached = baseline_cache.get(key) if baseline_cache is not None else None
     todo: dict[Run, Intervention | None] = dict(runs) if cached is not None else {BASELINE: None, **runs}
     nll, info = token_nlls(model, named, todo, **kw)
@@ -175,10 +188,14 @@ def delta_nll(
     allow_overlap: bool = False,
     progress: bool = True,
     baseline_cache: dict[Any, dict[str, torch.Tensor]] | None = None,
+    control_cells: str = "own",
+    pairs: Mapping[str, str] | None = None,
+    backend: str = "auto",
+    attention: str | None = None,
 ) -> NLLMatrix:
     """Δ NLL of ablating each group's neurons, on every eval corpus, with controls.
 
-    Long because it documents the eighteen settings of the public API; the body is a few calls.
+    Long because it documents the twenty-two settings of the public API; the body is a few calls.
 
     Args:
         model: a TransformerLens model with a tokenizer (or eval corpora of token rows).
@@ -203,7 +220,16 @@ def delta_nll(
         progress: show a tqdm bar.
         baseline_cache: a dict shared between calls on the same model: baseline per-token NLLs
             of eval corpora scored with the same settings (same fingerprints, seq_len, batch_size,
-            max_tokens) are reused. Valid while the model's weights and hooks stay the same.
+            max_tokens, backend, attention) are reused. Valid while the model's weights and hooks
+            stay the same.
+        control_cells: which cells get the random controls: ``"own"`` (each group's own text,
+            `is_own_text` with ``pairs``: the cells whose "beats its control" statements the
+            report and summaries make) or ``"all"`` (every cell). Control fields of the other
+            cells are NaN (null in the file).
+        pairs: culture -> its language, for ``control_cells="own"``.
+        backend: how the forwards run: ``"auto"`` (the native fast path where its check passes,
+            else TransformerLens hooks), ``"native"`` or ``"hooks"`` (`tl_culture.evaluation.scorer`).
+        attention: the native path's attention implementation (default sdpa).
 
     Returns:
         An `NLLMatrix` (rows = groups, columns = eval corpora).
@@ -211,21 +237,26 @@ def delta_nll(
     MLPHooks.from_model(model).check_neurons(neurons.n_layers, neurons.d_mlp)
     if controls < 0 or bootstrap < 0 or chunk < 1 or min_block < 1 or units not in UNITS:
         raise TLCultureError(f"controls and bootstrap must be >= 0, chunk and min_block >= 1, units one of {UNITS}")
+    if control_cells not in CONTROL_CELLS:
+        raise TLCultureError(f"unknown control cells {control_cells!r}; use one of {', '.join(CONTROL_CELLS)}")
     groups = _check_groups(neurons, groups)
     named = as_corpora(eval_corpora)
     if not allow_overlap:
         check_heldout(named, neurons, selection)
     avoid = (neurons.masks.any(0) | (exclude if exclude is not None else False)) if exclude_selected else None
     runs = _runs(neurons, groups, controls, seed, avoid)
+    evals_of = control_evals(runs, list(named), control_cells, pairs)
     nll, info = _score(model, named, runs, baseline_cache, seq_len=seq_len, batch_size=batch_size,
-                       max_tokens=max_tokens, progress=progress)
+                       max_tokens=max_tokens, progress=progress, evals_of=evals_of, backend=backend,
+                       attention=attention)
     tok = getattr(model, "tokenizer", None)
     per_unit = {e: _units(c, tok, len(nll[BASELINE][e]), units, min_block, chunk) for e, c in named.items()}
     counts = unit_counts(per_unit, warn=bootstrap > 0)
     fields = _matrix_fields(nll, groups, list(named), per_unit, controls=controls, bootstrap=bootstrap, seed=seed)
     fields["bootstrap_units"] = torch.tensor([counts[e] for e in named], dtype=torch.int64)
-    settings = dict(control_seeds=controls, seed=seed, bootstrap=bootstrap, bootstrap_units=units,
-                    bootstrap_min_block=min_block, bootstrap_chunk=chunk, control_excludes_selected=exclude_selected)
+    settings = dict(control_seeds=controls, control_cells=control_cells, seed=seed, bootstrap=bootstrap,
+                    bootstrap_units=units, bootstrap_min_block=min_block, bootstrap_chunk=chunk,
+                    control_excludes_selected=exclude_selected)
     return NLLMatrix(**fields, meta=_meta(model, neurons, groups, named, settings, info))
 
 
@@ -270,7 +301,7 @@ def evaluate_categories(
             cols = dict(heldout)
         else:
             cols = lang_cols if name == "language" else cult_cols
-        out[name] = delta_nll(model, cols, ns, progress=progress, baseline_cache=baselines, **kwargs)
+        out[name] = delta_nll(model, cols, ns, progress=progress, baseline_cache=baselines, pairs=pairs, **kwargs)
         out[name].meta["eval_mode"] = mode
     return out
 
@@ -308,4 +339,4 @@ def summarize(m: NLLMatrix, pairs: Mapping[str, str] | None = None) -> dict[str,
     return out
 
 
-__all__ = ["BASELINE", "EVAL_MODES", "Run", "delta_nll", "evaluate_categories", "summarize"]
+__all__ = ["BASELINE", "CONTROL_CELLS", "EVAL_MODES", "Run", "delta_nll", "evaluate_categories", "summarize"]

@@ -5,86 +5,109 @@ excluded):
 
     nll[t] = logsumexp(logits[t − 1]) − logits[t − 1, x_t]        (nats)
 
-Every intervention runs a full forward of the model on the same rows, so the k-th value of every
-intervention's NLLs belongs to the same token.
+Every intervention runs a full forward of the model on the same rows of every eval corpus it is
+scored on, so the k-th value of every intervention's NLLs of one corpus belongs to the same token.
+The forwards run on the native fast path where it checks out, else through TransformerLens hooks
+(`tl_culture.evaluation.scorer`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 
 from tl_culture.data.corpus import as_corpora
 from tl_culture.data.rows import TokenRows, encode, stack_rows
 from tl_culture.errors import TLCultureError
+from tl_culture.evaluation.scorer import choose_scorer, hooks_nll, token_nll
 from tl_culture.intervene.interventions import Intervention
+from tl_culture.model.forward import is_oom
 from tl_culture.model.load import model_device
+from tl_culture.model.scoring import NativeScorer
 
 K = TypeVar("K", bound=Hashable)
 
 
-def token_nll(
-    logits: Float[torch.Tensor, "batch pos vocab"],
-    input_ids: Int[torch.Tensor, "batch pos"],
-    count_mask: Bool[torch.Tensor, "batch pos"],
-    chunk: int = 64,
-) -> Float[torch.Tensor, " n"]:
-    """Next-token NLL of every counted token, in row-major order (nats, float64).
-
-    ``nll[t] = logsumexp(logits[t − 1]) − logits[t − 1, x_t]`` for every position t with
-    ``count_mask[t]`` (so the BOS at t = 0 and padding are never targets). The log-softmax is
-    computed ``chunk`` positions at a time in float32, so memory beyond the logits stays at
-    ``chunk × d_vocab`` floats.
-    """
-    out = []
-    tmask = count_mask[:, 1:].to(logits.device)
-    targets = input_ids[:, 1:].to(logits.device)
-    for b in range(logits.shape[0]):
-        pos = torch.nonzero(tmask[b]).flatten()
-        for s in range(0, len(pos), chunk):
-            p = pos[s : s + chunk]
-            x = logits[b, p].float()
-            lse = torch.logsumexp(x, dim=-1)
-            out.append((lse - x.gather(1, targets[b, p, None]).squeeze(1)).double())
-    if not out:
-        return torch.zeros(0, dtype=torch.float64)
-    return torch.cat(out).cpu()
-
-
 def _score_batch(
     model: Any,
+    scorer: NativeScorer | None,
     batch: TokenRows,
     owner: Int[torch.Tensor, " row"],
     hooks: Mapping[K, list | None],
-    parts: dict[K, list[list[torch.Tensor]]],
-    bar: Any,
+    parts: dict[K, dict[int, list[torch.Tensor]]],
 ) -> None:
-    """One batch under every intervention; appends each row's NLLs to ``parts[key][owner]``.
+    """One batch under every intervention of ``hooks``; appends each row's NLLs to ``parts[key][owner]``.
 
-    The plain forward runs at most once per batch, for the baseline (hooks None) and for
+    The unedited forward runs at most once per batch, for the baseline (hooks None) and for
     interventions without hooks (an empty group).
     """
     dev = model_device(model)
     ids, attn = batch.input_ids.to(dev), batch.attention_mask.to(dev)
-    kwargs = {} if bool(attn.all()) else {"attention_mask": attn.long()}
+    mask = None if bool(attn.all()) else attn.long()
     plain = None
     for key, fwd_hooks in hooks.items():
-        if fwd_hooks:
-            with model.hooks(fwd_hooks=fwd_hooks):
-                logits = model(ids, **kwargs)
+        if not fwd_hooks and plain is not None:
+            per_row = plain
+        elif scorer is not None:
+            per_row = scorer.nll(ids, batch.count_mask, mask, fwd_hooks or ())
         else:
-            if plain is None:
-                plain = model(ids, **kwargs)
-            logits = plain
-        for r in range(len(owner)):
-            nll = token_nll(logits[r : r + 1], ids[r : r + 1], batch.count_mask[r : r + 1])
-            parts[key][int(owner[r])].append(nll)
-        bar.update(1)
-        del logits
+            per_row = hooks_nll(model, ids, batch.count_mask, mask, fwd_hooks or ())
+        if not fwd_hooks:
+            plain = per_row
+        for r, nll in enumerate(per_row):
+            parts[key].setdefault(int(owner[r]), []).append(nll)
+
+
+def _plan(keys: list[K], names: list[str], evals_of: Mapping[K, Collection[str]] | None) -> dict[tuple, list[K]]:
+    """Keys grouped by the eval corpora (indices) they are scored on, in the order of ``keys``."""
+    plan: dict[tuple, list[K]] = {}
+    for k in keys:
+        which = names if evals_of is None or k not in evals_of else list(evals_of[k])
+        unknown = [e for e in which if e not in names]
+        if unknown:
+            raise TLCultureError(f"{k!r} is to be scored on unknown eval corpora {unknown}; they are {names}")
+        idx = tuple(i for i, e in enumerate(names) if e in which)
+        if idx:
+            plan.setdefault(idx, []).append(k)
+    return plan
+
+
+def _oom(exc: Exception, rows: int, pos: int, batch_size: int) -> TLCultureError:
+    """The one-line out-of-memory error of a scoring batch, with the batch size to try."""
+    fix = f"use a smaller eval batch size ({batch_size // 2})" if batch_size > 1 else "use a smaller seq_len"
+    return TLCultureError(f"out of memory scoring {rows} rows x {pos} tokens; {fix}")
+
+
+def _run_plan(
+    model: Any, scorer: NativeScorer | None, rows: TokenRows, owner: Int[torch.Tensor, " row"],
+    plan: dict[tuple, list[K]], hooks: Mapping[K, list | None], batch_size: int, *, progress: bool, desc: str,
+) -> tuple[dict[K, dict[int, list[torch.Tensor]]], int]:
+    """Score every key of ``plan`` on the rows of its eval corpora; ``(parts[key][owner], scored tokens)``."""
+    from tqdm.auto import tqdm
+
+    parts: dict[K, dict[int, list[torch.Tensor]]] = {k: {} for ks in plan.values() for k in ks}
+    per_row = rows.count_mask[:, 1:].sum(1)
+    sel = {idx: torch.nonzero(torch.isin(owner, torch.tensor(idx))).flatten() for idx in plan}
+    total = sum(int(per_row[sel[idx]].sum()) * len(ks) for idx, ks in plan.items())
+    with torch.inference_mode(), tqdm(total=total, desc=desc, unit="tok", unit_scale=True, disable=not progress,
+                                      leave=False) as bar, (scorer.active() if scorer else nullcontext()):
+        for idx, keys in plan.items():
+            for s in range(0, len(sel[idx]), batch_size):
+                b = sel[idx][s : s + batch_size]
+                batch = rows.take(b).trimmed()
+                try:
+                    _score_batch(model, scorer, batch, owner[b], {k: hooks[k] for k in keys}, parts)
+                except RuntimeError as exc:
+                    if is_oom(exc):
+                        raise _oom(exc, len(b), batch.input_ids.shape[1], batch_size) from exc
+                    raise
+                bar.update(int(per_row[b].sum()) * len(keys))
+    return parts, total
 
 
 def token_nlls(
@@ -97,8 +120,11 @@ def token_nlls(
     max_tokens: int | None = 256,
     progress: bool = True,
     desc: str = "Δ NLL",
+    evals_of: Mapping[K, Collection[str]] | None = None,
+    backend: str = "auto",
+    attention: str | None = None,
 ) -> tuple[dict[K, dict[str, Float[torch.Tensor, " tokens"]]], dict[str, Any]]:
-    """Per-token NLLs of every eval corpus under every intervention (``None`` = no intervention).
+    """Per-token NLLs of eval corpora under every intervention (``None`` = no intervention).
 
     Args:
         model: a TransformerLens model with a tokenizer (or eval corpora of token rows).
@@ -107,36 +133,43 @@ def token_nlls(
         seq_len: tokens per row (BOS included).
         batch_size: rows per forward.
         max_tokens: scored tokens per eval corpus (None = all).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (scored tokens per second).
         desc: the bar's label.
+        evals_of: key -> the eval corpora it is scored on (keys not in it: every corpus).
+        backend: ``"auto"`` (the native fast path when it checks out, else hooks), ``"native"`` or
+            ``"hooks"`` (`tl_culture.evaluation.scorer.choose_scorer`).
+        attention: the native path's attention (default sdpa, falling back to the bridge's own).
 
     Returns:
         ``nll[key][eval_name]``: ``float64[tokens]`` in row-major token order (the same tokens for
-        every key), and run info (seconds, seq_len, max_tokens, batch_size).
+        every key), for the eval corpora the key was scored on; and run info (seconds, seq_len,
+        max_tokens, batch_size, backend, attention, backend_note where it fell back, scored_tokens).
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise TLCultureError(f"batch_size must be at least 1, got {batch_size}")
     for it in interventions.values():
         if it is not None:
             it.validate(model)
     named = as_corpora(eval_corpora)
+    names = list(named)
     tok = getattr(model, "tokenizer", None)
     rows, owner = stack_rows([encode(c, tok, seq_len, pack=True, max_tokens=max_tokens) for c in named.values()])
-    hooks = {k: None if it is None else it.fwd_hooks(model) for k, it in interventions.items()}
-    parts: dict[K, list[list[torch.Tensor]]] = {k: [[] for _ in named] for k in interventions}
+    plan = _plan(list(interventions), names, evals_of)
     t0 = time.perf_counter()
-    n_batches = -(-len(rows) // batch_size)
-    with torch.inference_mode(), tqdm(total=n_batches * len(hooks), desc=desc, unit="fwd",
-                                      disable=not progress, leave=False) as bar:
-        for s in range(0, len(rows), batch_size):
-            _score_batch(model, rows.slice(s, s + batch_size).trimmed(), owner[s : s + batch_size], hooks, parts, bar)
-    nll = {k: {e: torch.cat(p) if p else torch.zeros(0, dtype=torch.float64) for e, p in zip(named, per, strict=True)}
-           for k, per in parts.items()}
-    info = {"seconds": round(time.perf_counter() - t0, 3), "seq_len": seq_len, "max_tokens": max_tokens,
-            "batch_size": batch_size}
+    scorer, info = choose_scorer(model, backend, attention, rows.input_ids.to(model_device(model)), rows.count_mask)
+    hooks = {k: None if it is None else it.fwd_hooks(model) for k, it in interventions.items()}
+    parts, total = _run_plan(model, scorer, rows, owner, plan, hooks, batch_size, progress=progress, desc=desc)
+    nll: dict[K, dict[str, torch.Tensor]] = {k: {} for k in interventions}
+    for idx, keys in plan.items():
+        for k in keys:
+            nll[k] = {names[i]: _cat(parts[k].get(i)) for i in idx}
+    info.update(seconds=round(time.perf_counter() - t0, 3), seq_len=seq_len, max_tokens=max_tokens,
+                batch_size=batch_size, scored_tokens=total)
     return nll, info
+
+
+def _cat(parts: list[torch.Tensor] | None) -> Float[torch.Tensor, " tokens"]:
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 
 __all__ = ["token_nll", "token_nlls"]

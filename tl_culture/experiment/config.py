@@ -17,8 +17,8 @@ from typing import Any
 from tl_culture.data.corpus import SPLITS, Corpus, demo_corpora, load_corpus
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.controls import DEFAULT_CONTROLS
-from tl_culture.evaluation.delta import EVAL_MODES
-from tl_culture.model.fastpath import ATTENTIONS, BACKENDS, check_backend
+from tl_culture.evaluation.delta import CONTROL_CELLS, EVAL_MODES
+from tl_culture.model.bridge import ATTENTIONS, BACKENDS, check_backend
 from tl_culture.model.load import DEFAULT_MODEL
 from tl_culture.selection.lape import ACTIVATION_BAR_RATIO, FILTER_RATE, TOP_RATE
 
@@ -88,9 +88,9 @@ class ExperimentConfig:
         "cpu, cuda, cuda:1, ... (default: cuda if available)"))
     dtype: str | None = field(default=None, metadata=_opt("float32 (default), bfloat16, float16"))
     backend: str = field(default="auto", metadata=_opt(
-        "how counting runs the model. hooks: TransformerLens hooks; native: the bridge's HF modules without "
-        "its wrappers (faster, same counts); auto: native when no TransformerLens hooks are attached and it "
-        "checks out", choices=BACKENDS))
+        "how counting and scoring run the model. hooks: TransformerLens hooks; native: the bridge's HF modules "
+        "without its wrappers (faster; same counts, NLLs within 1e-4 nats, and a fused unembedding); auto: "
+        "native when no TransformerLens hooks are attached and it checks out", choices=BACKENDS))
     attention: str | None = field(default=None, metadata=_opt(
         "attention of the native backend (default: sdpa where the model supports it); eager makes the counts "
         "bit-identical to the hooks backend", choices=ATTENTIONS))
@@ -103,6 +103,9 @@ class ExperimentConfig:
     control_seeds: int = field(default=DEFAULT_CONTROLS, metadata=_opt(
         "random-neuron control draws per group, outside every selected neuron (0 = none)", flag="--controls",
         check="count"))
+    control_cells: str = field(default="own", metadata=_opt(
+        "which Δ NLL cells get the random controls. own: each set's own-language and own-culture text (the "
+        "cells every 'beats its control' statement reads); all: every cell", choices=CONTROL_CELLS))
     bootstrap: int = field(default=1000, metadata=_opt(
         "bootstrap resamples for the 95 % CIs (0 = none)", check="count"))
     eval_mode: str = field(default="matched", metadata=_opt(
@@ -131,6 +134,8 @@ class ExperimentConfig:
         check_backend(self.backend, self.attention, flags=True)
         if self.split not in SPLITS:
             raise TLCultureError(f"--split must be {' or '.join(SPLITS)}, got {self.split!r}")
+        if self.control_cells not in CONTROL_CELLS:
+            raise TLCultureError(f"--control-cells must be {' or '.join(CONTROL_CELLS)}, got {self.control_cells!r}")
         if self.eval_mode not in EVAL_MODES:
             raise TLCultureError(f"--eval-mode must be {' or '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if bool(self.languages) != bool(self.cultures):

@@ -262,8 +262,11 @@ def evaluation_stage(
         batch_size=cfg.eval_batch_size,
         max_tokens=cfg.eval_tokens,
         controls=cfg.control_seeds,
+        control_cells=cfg.control_cells,
         bootstrap=cfg.bootstrap,
         seed=cfg.seed,
+        backend=cfg.backend,
+        attention=cfg.attention,
     )
     for m in nll.values():
         m.meta["summary"] = summarize(m, pairs)

@@ -34,7 +34,8 @@ from jaxtyping import Float, Int
 
 from tl_culture.errors import TLCultureError
 from tl_culture.intervene.interventions import Intervention
-from tl_culture.model.fastpath import NativeForward, bridge_fast_path, native_problem
+from tl_culture.model.bridge import bridge_fast_path, native_problem
+from tl_culture.model.fastpath import NativeForward
 from tl_culture.model.hooks import MLPHooks
 from tl_culture.model.load import model_device
 

@@ -29,13 +29,17 @@ import torch
 from jaxtyping import Float
 
 from tl_culture.errors import TLCultureError
+from tl_culture.model.bridge import (
+    bridge_fast_path,
+    check_backend,
+    gate_modules,
+    hf_configs,
+    native_problem,
+    original_module,
+    state_signature,
+)
 from tl_culture.model.forward import StopForward, run_to_layer, until_stop
 from tl_culture.model.hooks import MLPHooks
-
-#: How `collect` can run the model: TransformerLens hooks, the fast path, or the fast path when possible.
-BACKENDS = ("auto", "hooks", "native")
-#: Attention implementations the fast path can switch to (HF names).
-ATTENTIONS = ("eager", "sdpa")
 
 #: Names of a HF MLP's activation module (Llama/Gemma/Qwen/Mistral act_fn, GPT-2/NeoX act, OPT/Phi activation_fn).
 ACT_MODULE_NAMES = ("act_fn", "act", "activation_fn", "activation")
@@ -43,76 +47,6 @@ ACT_MODULE_NAMES = ("act_fn", "act", "activation_fn", "activation")
 #: ``callback(layer, pre, act)``: ``pre`` is ``[..., d_mlp]`` hook_pre in the model dtype; ``act`` is
 #: act_fn(pre) from the model's own activation module, or None when it has none to hook.
 LayerCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
-
-
-def check_backend(backend: str, attention: str | None, *, flags: bool = False) -> None:
-    """Raise `TLCultureError` unless ``backend`` and ``attention`` are known and fit together.
-
-    ``attention="sdpa"`` needs the fast path (``"native"`` or ``"auto"``): the hooks backend always
-    runs the bridge's own attention. ``flags`` words the message with command-line flags
-    (``--backend native``) rather than Python arguments (``backend='native'``).
-    """
-    if backend not in BACKENDS:
-        why = f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
-        raise TLCultureError(why if flags else f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if attention is not None and attention not in ATTENTIONS:
-        why = f"--attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}"
-        raise TLCultureError(why if flags else f"unknown attention {attention!r}; use one of {', '.join(ATTENTIONS)}")
-    if attention == "sdpa" and backend == "hooks":
-        raise TLCultureError(
-            "--attention sdpa needs the native backend; drop it or use --backend native"
-            if flags
-            else f"attention={attention!r} needs the native backend; drop it or use backend='native'"
-        )
-
-
-def _wrapper_class() -> type | None:
-    try:
-        from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
-    except ImportError:  # TransformerLens 3.x: no bridge
-        return None
-    return GeneralizedComponent
-
-
-def _original(component: Any) -> torch.nn.Module | None:
-    return component._modules.get("_original_component") if isinstance(component, torch.nn.Module) else None
-
-
-def _has_hooks(module: torch.nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
-
-
-def native_problem(model: Any, mlp: MLPHooks) -> str | None:
-    """Why ``model`` cannot run the fast path (None: it can, subject to `NativeForward.verify`)."""
-    wrapper = _wrapper_class()
-    root = getattr(model, "original_model", None) if wrapper is not None else None
-    if wrapper is None or not isinstance(root, torch.nn.Module) or not hasattr(model, "blocks"):
-        return f"{type(model).__name__} is not a TransformerLens 4.x TransformerBridge"
-    # TransformerLens hooks (hooks(), run_with_hooks, add_hook, add_perma_hook) live on hook points;
-    # the torch hooks the bridge adds to its own wrappers only capture inputs for those.
-    for name, point in model.hook_dict.items():
-        if _has_hooks(point):
-            return f"TransformerLens hooks are attached to the model ({name}); they run only on the hooks backend"
-    try:
-        _gate_modules(model, mlp)
-    except (AttributeError, KeyError, IndexError, TypeError) as exc:
-        return f"the MLP neurons' HF modules cannot be found ({type(exc).__name__}: {exc})"
-    return None
-
-
-def _gate_modules(model: Any, mlp: MLPHooks) -> list[torch.nn.Module]:
-    """The HF module whose output is ``blocks.{l}.mlp.hook_pre``, per layer."""
-    out = []
-    for layer in range(mlp.n_layers):
-        component = model.blocks[layer].mlp
-        path, _ = component.hook_aliases["hook_pre"].rsplit(".", 1)  # e.g. "gate.hook_out" -> "gate"
-        for part in path.split("."):
-            component = getattr(component, part)
-        original = _original(component)
-        if original is None:
-            raise TypeError(f"blocks.{layer}.mlp.{path} wraps no original module")
-        out.append(original)
-    return out
 
 
 def act_module(hf_mlp: torch.nn.Module | None) -> torch.nn.Module | None:
@@ -124,94 +58,9 @@ def act_module(hf_mlp: torch.nn.Module | None) -> torch.nn.Module | None:
     return None
 
 
-def _configs(root: torch.nn.Module) -> list[Any]:
-    """Every distinct HF config in the model that names an attention implementation."""
-    seen: dict[int, Any] = {}
-    for module in root.modules():
-        cfg = getattr(module, "config", None)
-        for c in (cfg, getattr(cfg, "text_config", None)):
-            if c is not None and hasattr(c, "_attn_implementation"):
-                seen.setdefault(id(c), c)
-    return list(seen.values())
-
-
-def bridge_attention(model: Any) -> str | None:
-    """The attention implementation the bridge's HF model runs (None when it names none)."""
-    config = getattr(getattr(model, "original_model", None), "config", None)
-    return getattr(config, "_attn_implementation", None)
-
-
-@contextmanager
-def bridge_fast_path(root: torch.nn.Module, attention: str | None = None) -> Iterator[torch.nn.Module]:
-    """Take the bridge wrappers out of a bridge's HF model for the duration of the block.
-
-    Swaps, on entry:
-
-    - every bridge component ``C`` below ``root`` (a module holding its HF module ``M`` as
-      ``C._modules["_original_component"]``) for ``M`` in its parent's ``_modules`` slot, then
-      the same inside ``M``;
-    - with ``attention`` given, ``_attn_implementation`` of every HF config below ``root`` (and
-      of its ``text_config``) for ``attention``.
-
-    Restores, on exit (also on errors and KeyboardInterrupt): every config's previous
-    ``_attn_implementation``, then every wrapper into its slot, in reverse order. Nothing else is
-    touched: parameters, buffers, the hooks on the wrappers (which do not run while they are out),
-    ``model.cfg``. It does not nest and is not thread-safe: the model is rewired while inside.
-
-    Args:
-        root: ``model.original_model`` of a TL 4.x `TransformerBridge`.
-        attention: an HF attention implementation name, or None to keep the configs' own.
-
-    Yields:
-        ``root``, now running plain HF modules.
-    """
-    swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
-
-    def visit(parent: torch.nn.Module) -> None:
-        for name, child in list(parent._modules.items()):
-            original = _original(child)
-            if original is not None:
-                parent._modules[name] = original
-                swaps.append((parent, name, child))
-                visit(original)
-            elif child is not None:
-                visit(child)
-
-    configs = _configs(root) if attention is not None else []
-    old = [c._attn_implementation for c in configs]
-    try:
-        visit(root)
-        for c in configs:
-            c._attn_implementation = attention
-        yield root
-    finally:
-        for c, value in zip(configs, old, strict=True):
-            c._attn_implementation = value
-        for parent, name, child in reversed(swaps):
-            parent._modules[name] = child
-
-
 #: model -> attention -> (state_signature, problem, whether the activation module matched, attention problem)
 _CHECKED: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[int, str | None, bool, str | None]]]
 _CHECKED = weakref.WeakKeyDictionary()
-
-
-def state_signature(model: Any) -> int:
-    """A hash of what decides whether the fast path computes what the bridge computes.
-
-    Covers every module (identity, the ids of its forward hooks and pre-hooks, which are new for
-    every registration, an instance-patched ``forward``), every parameter and buffer (storage,
-    dtype, device and in-place version counter, so folding or editing weights in place changes
-    it) and ``model.cfg``.
-    """
-    mods = tuple(
-        (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks), "forward" in m.__dict__) for m in model.modules()
-    )
-    tensors = tuple(
-        (t.data_ptr(), t._version, t.dtype, t.device.type, t.device.index)
-        for t in (*model.parameters(), *model.buffers())
-    )
-    return hash((mods, tensors, repr(getattr(model, "cfg", None))))
 
 
 class NativeForward:
@@ -234,15 +83,15 @@ class NativeForward:
         check_backend("native", attention)
         self.model, self.mlp = model, mlp
         self.root: torch.nn.Module = model.original_model
-        own = [c._attn_implementation for c in _configs(self.root)]
+        own = [c._attn_implementation for c in hf_configs(self.root)]
         #: why ``attention`` cannot run (`verify` fills it in); the bridge's own attention still can
         self.attention_problem: str | None = None
         if attention is not None and not own:
             self.attention_problem = "the model names no HF attention implementation to switch"
             attention = None
         self.attention = None if attention is None or own == [attention] * len(own) else attention
-        self.gates = _gate_modules(model, mlp)
-        acts = [act_module(_original(model.blocks[layer].mlp)) for layer in range(mlp.n_layers)]
+        self.gates = gate_modules(model, mlp)
+        acts = [act_module(original_module(model.blocks[layer].mlp)) for layer in range(mlp.n_layers)]
         #: each layer's activation module (its output is act_fn(hook_pre)), or None if any is missing
         self.acts: list[torch.nn.Module] | None = acts if all(a is not None for a in acts) else None
         self._active = False
@@ -250,7 +99,7 @@ class NativeForward:
     @property
     def attn_implementation(self) -> str | None:
         """The attention implementation the fast path runs."""
-        configs = _configs(self.root)
+        configs = hf_configs(self.root)
         return self.attention or (configs[0]._attn_implementation if configs else None)
 
     @contextmanager

@@ -9,7 +9,8 @@ whose ``data`` holds exactly the numbers drawn, so tests (and users) can check t
   and ``|generic|``.
 - `plot_delta_nll`: ``Δ[g, e] = NLL_ablated[g, e] − NLL_baseline[e]`` with the diagonal cells
   (a group's own text) outlined, the random-neuron control as an extra row
-  ``control_row[e] = mean_g control_delta[g, e]``, and the diagonal cells' Δ against their
+  ``control_row[e] = mean_g control_delta[g, e]`` over the groups with a control on e (none:
+  blank; `tl_culture.evaluation.delta.delta_nll`'s ``control_cells``), and the diagonal cells' Δ against their
   control with 95 % CI error bars where the matrix has them.
 """
 
@@ -281,6 +282,13 @@ def _opt(m: Any, attr: str) -> np.ndarray | None:
     return None if v is None else np.asarray(v, dtype=np.float64)
 
 
+def _mean_of_finite(x: np.ndarray) -> np.ndarray:
+    """Column means over the finite entries (NaN for a column without any)."""
+    ok = np.isfinite(x)
+    n = ok.sum(axis=0)
+    return np.where(n > 0, np.where(ok, x, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan)
+
+
 def plot_delta_nll(
     m: Any, *, pairs: Mapping[str, str] | None = None, name: str = "delta_nll", title: str | None = None
 ) -> Figure:
@@ -305,7 +313,7 @@ def plot_delta_nll(
         raise TLCultureError(f"NLL matrix delta has shape {delta.shape}, expected ({len(groups)}, {len(evals)})")
     diag = diagonal_mask(groups, evals, pairs)
     ctrl = _opt(m, "control_delta")
-    control_row = ctrl.mean(axis=0) if ctrl is not None else None
+    control_row = _mean_of_finite(ctrl) if ctrl is not None else None
     bars = _own_text_bars(m, groups, evals, diag)
     shown = delta if control_row is None else np.vstack([delta, np.full((1, len(evals)), np.nan), control_row[None]])
     rows = groups if control_row is None else [*groups, "", "random (mean)"]
