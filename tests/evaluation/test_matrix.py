@@ -55,6 +55,11 @@ def test_nll_matrix_errors(tmp_path):
 def test_matrix_files_of_the_findings_still_load():
     from tests.conftest import REPO
 
-    for p in sorted((REPO / "docs" / "findings" / "nll").glob("*.json")):
+    paths = sorted((REPO / "docs" / "findings" / "nll").glob("*.json"))
+    assert [p.stem for p in paths] == sorted(["language", "culture", "compound", "pure", "generic"])
+    for p in paths:
         m = NLLMatrix.load(p)
         assert m.delta.shape == (len(m.groups), len(m.evals)), p.name
+        rows = json.loads(p.read_text(encoding="utf-8"))["delta"]
+        written = torch.tensor([[math.nan if v is None else v for v in row] for row in rows], dtype=torch.float64)
+        torch.testing.assert_close(written, m.ablated - m.baseline[None], rtol=0, atol=1e-12, equal_nan=True)
