@@ -99,6 +99,19 @@ def test_pick_token():
     assert draws == {1, 3}
 
 
+@pytest.mark.parametrize(("temperature", "top_k"), [(0.5, None), (2.0, None), (0.7, 3)])
+def test_pick_token_samples_softmax_of_logits_over_temperature(temperature, top_k):
+    """Seeded draws equal a hand-written multinomial(softmax(logits / T)) over the top-k support."""
+    logits = torch.tensor([0.5, 3.0, 1.0, 2.0, -1.0])
+    z = logits / temperature
+    if top_k is not None:
+        z = torch.where(z >= torch.topk(z, top_k).values[-1], z, torch.tensor(float("-inf")))
+    p = torch.softmax(z, -1)
+    mine, hand = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    got = [pick_token(logits, temperature, top_k, mine) for _ in range(200)]
+    assert got == [int(torch.multinomial(p, 1, generator=hand)) for _ in range(200)]
+
+
 @pytest.mark.slow
 def test_default_model_cached_equals_uncached(default_model):
     """The embedded Gemma 3: the KV-cached decoder gives the uncached loop's greedy tokens."""
