@@ -59,3 +59,25 @@ def test_selected_union_and_random_edit_exclude_selected():
     idx, mul, add = ctl._maps[0]
     assert torch.equal(add, values[0, idx]) and not bool(mul.any())  # the random neurons' own values
     assert torch.equal(random_edit(edit, 1).mask, random_edit(edit, 1).mask)  # seeded
+    assert not torch.equal(random_edit(edit, 1).mask, random_edit(edit, 2).mask)  # by its seed
+
+
+def test_random_edit_reproduces_across_processes():
+    """The same seed draws the same neurons in a fresh interpreter (no state carried between draws)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from tl_culture.intervene.controls import random_edit\n"
+        "from tl_culture.intervene.interventions import ablate\n"
+        "from tl_culture.selection.neurons import NeuronSet\n"
+        "m = torch.zeros(1, 3, 20, dtype=torch.bool); m[0, :, :5] = True\n"
+        "print(torch.nonzero(random_edit(ablate(NeuronSet(['a'], m), 'a'), 1).mask).flatten().tolist())\n"
+    )
+    m = torch.zeros(1, 3, 20, dtype=torch.bool)
+    m[0, :, :5] = True
+    torch.rand(7)  # this process's global generator is elsewhere than the child's
+    here = torch.nonzero(random_edit(ablate(NeuronSet(["a"], m), "a"), 1).mask).flatten().tolist()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(here)
