@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_culture import ActivationStats, MLPHooks, TLCultureError, collect
+from tl_culture import MLPHooks, TLCultureError, collect
 from tl_culture.model.bridge import bridge_attention, bridge_fast_path, check_backend, native_problem
 from tl_culture.model.fastpath import ACT_MODULE_NAMES, NativeForward, act_module
 
@@ -216,7 +216,9 @@ def test_checkpoint_refuses_another_attention(tiny_hf_model, tmp_path):
     eager = tmp_path / "eager"
     collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=eager, attention="eager")
     done = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, checkpoint_dir=eager, backend="hooks")
-    assert isinstance(done, ActivationStats)
+    fresh = collect(tiny_hf_model, TEXTS, seq_len=10, progress=False, backend="hooks")  # hooks: eager attention
+    assert fresh.meta["backend"] == "hooks" and int(fresh.counts.sum()) > 0
+    assert torch.equal(done.counts, fresh.counts) and torch.equal(done.tokens, fresh.tokens)
 
 
 def test_a_swapped_hook_is_checked_again(tiny_hf_model):
