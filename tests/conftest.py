@@ -154,6 +154,24 @@ def xy_corpora() -> dict:
     return {"x": Corpus("x", rows=random_rows(1, 3)), "y": Corpus("y", rows=random_rows(2, 2))}
 
 
+def hand_counts(model, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """counts, sums of act_fn(hook_pre) over the counted tokens, from run_with_cache row by row."""
+    from tl_culture import MLPHooks
+
+    mlp = MLPHooks.from_model(model)
+    counts = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.int64)
+    sums = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.float64)
+    with torch.inference_mode():
+        for ids, attn, keep in zip(rows.input_ids, rows.attention_mask, rows.count_mask, strict=True):
+            n = int(attn.sum())  # right padding: the real tokens are a prefix
+            _, cache = model.run_with_cache(ids[None, :n])
+            for layer in range(mlp.n_layers):
+                pre = cache[mlp.pre(layer)][0][keep[:n]]
+                counts[layer] += (mlp.act(pre) > 0).sum(0)
+                sums[layer] += mlp.act(pre).double().sum(0)
+    return counts, sums
+
+
 def hand_nll(model, ids: torch.Tensor, hooks=()) -> float:
     """Mean next-token NLL of every position after the first, by plain log-softmax (float64)."""
     import torch.nn.functional as F

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import hand_counts
 from tl_culture import MLPHooks, TLCultureError, collect
 from tl_culture.model.bridge import bridge_attention, bridge_fast_path, check_backend, native_problem
 from tl_culture.model.fastpath import ACT_MODULE_NAMES, NativeForward, act_module
@@ -20,22 +21,6 @@ TEXTS = {
 
 def modules_of(model) -> list[tuple[str, int]]:
     return [(name, id(m)) for name, m in model.named_modules()]
-
-
-def hand_counts(model, rows) -> tuple[torch.Tensor, torch.Tensor]:
-    """counts, sums of act_fn(hook_pre) over the counted tokens, from run_with_cache row by row."""
-    mlp = MLPHooks.from_model(model)
-    counts = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.int64)
-    sums = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.float64)
-    with torch.inference_mode():
-        for ids, attn, keep in zip(rows.input_ids, rows.attention_mask, rows.count_mask, strict=True):
-            n = int(attn.sum())  # right padding: the real tokens are a prefix
-            _, cache = model.run_with_cache(ids[None, :n])
-            for layer in range(mlp.n_layers):
-                pre = cache[mlp.pre(layer)][0][keep[:n]]
-                counts[layer] += (mlp.act(pre) > 0).sum(0)
-                sums[layer] += mlp.act(pre).double().sum(0)
-    return counts, sums
 
 
 @pytest.mark.parametrize("pack", [True, False])
