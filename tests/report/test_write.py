@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -57,6 +58,15 @@ def test_report_is_offline(report):
     assert "unpkg" not in report.replace(circuitsvis_library(), "")
 
 
+def nll_table_cells(report: str, category: str) -> list[list[str]]:
+    """The cells of the Δ NLL table of ``category`` in the report, row by row, CIs left out."""
+    section = report.split(f"<h3>{category} neurons</h3>", 1)[1]
+    body = re.search(r'<table class="nll">(.*?)</table>', section, re.S).group(1)
+    rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r, re.S) for r in rows]
+    return [[re.sub(r'<span class="ci">.*?</span>', "", c).strip() for c in row] for row in cells]
+
+
 def test_report_shows_the_run_numbers(report, run_dir):
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     text = _text(report)
@@ -75,9 +85,14 @@ def test_report_shows_the_run_numbers(report, run_dir):
     from tl_culture.evaluation.matrix import NLLMatrix
 
     m = NLLMatrix.load(run_dir / "nll" / "culture.json")
-    for i in range(len(m.groups)):
-        for j in range(len(m.evals)):
-            assert f"{float(m.delta[i, j]):+.3f}" in report
+    table = nll_table_cells(report, "culture")
+    assert table[0] == ["", *m.evals] and table[1] == ["baseline NLL", *[f"{float(b):.3f}" for b in m.baseline]]
+    for i, g in enumerate(m.groups):  # the Δ rows, cell by cell in order
+        assert table[2 + i] == [f"Δ {g}", *[f"{float(d):+.3f}" for d in m.delta[i]]]
+    controls = {r[0]: r[1:] for r in table if r[0].startswith("Δ random ~ ")}
+    for i, g in enumerate(m.groups):  # control cells: the number where a control ran, a dash elsewhere
+        want = [f"{float(c):+.3f}" if math.isfinite(float(c)) else "—" for c in m.control_delta[i]]
+        assert controls[f"Δ random ~ {g}"] == want
     assert report.count('class="diag"') == 4 * 12  # 4 categories x 6 groups x 2 own-text evals
     assert f"{float(m.baseline[0]):.3f}" in text
     own = float(np.mean([float(m.delta[i, j]) for i, g in enumerate(m.groups) for j, e in enumerate(m.evals)
