@@ -19,6 +19,31 @@ def test_cli_evaluate(cli_files, tiny_hf_dir, capsys):
     m = NLLMatrix.load(out)
     assert m.groups == ["en", "ru"] and m.evals == ["en", "ru"] and m.meta["control_seeds"] == 2
     assert "random-neuron control" in capsys.readouterr().out
+    # the API on the same inputs gives the same matrix, cell for cell
+    from tl_culture import NeuronSet, delta_nll, load_corpus, load_model
+
+    model = load_model(str(tiny_hf_dir), device="cpu")
+    corpora = {n: load_corpus(str(d / f"{n}.txt"), name=n) for n in ("en", "ru")}
+    api = delta_nll(model, corpora, NeuronSet.load(d / "neurons.safetensors"), controls=2, bootstrap=10, seq_len=8,
+                    progress=False)
+    assert m.meta["control_cells"] == "own" and m.meta["backend"] == api.meta["backend"] == "native"
+    for name in ("baseline", "delta", "delta_ci_low", "delta_ci_high", "control_delta", "paired_ci_low"):
+        torch.testing.assert_close(getattr(m, name), getattr(api, name), rtol=0, atol=0, equal_nan=True, msg=name)
+    assert bool(m.delta.abs().max() > 0) and torch.equal(torch.isfinite(m.control_delta), torch.eye(2).bool())
+
+
+def test_cli_evaluate_control_cells_and_backend(cli_files, tiny_hf_dir):
+    from tl_culture import NLLMatrix
+
+    d = cli_files
+    base = ["evaluate", "--model", str(tiny_hf_dir), "--neurons", str(d / "neurons.safetensors"), "--corpus",
+            f"en={d / 'en.txt'}", "--corpus", f"ru={d / 'ru.txt'}", "--controls", "1", "--bootstrap", "0",
+            "--seq-len", "8", "--no-progress"]
+    assert main([*base, "--out", str(d / "all.json"), "--control-cells", "all", "--backend", "hooks"]) == 0
+    m = NLLMatrix.load(d / "all.json")
+    assert m.meta["control_cells"] == "all" and m.meta["backend"] == "hooks" and bool(m.control_delta.isfinite().all())
+    assert main([*base, "--out", str(d / "pair.json"), "--pair", "en=ru"]) == 0  # ru is en's text too
+    assert torch.isfinite(NLLMatrix.load(d / "pair.json").control_delta).tolist() == [[True, True], [False, True]]
 
 
 def test_cli_evaluate_reference_pth_is_sized_to_the_model(cli_files, tiny_hf_dir, capsys):
