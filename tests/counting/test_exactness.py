@@ -80,9 +80,10 @@ def test_bfloat16_counts_within_tolerance_of_float32(tiny_hf_dir, tiny_hf_model)
     f32 = collect(tiny_hf_model, corpora, seq_len=32, batch_size=4, progress=False)
     bf16 = collect(load_model(str(tiny_hf_dir), device="cpu", dtype="bfloat16"), corpora, seq_len=32, batch_size=4,
                    progress=False)
-    share = bits_differing(f32, bf16)
-    assert share < 0.02  # documented tolerance (docs/scale.md): under 2 % of sign decisions
-    assert float((f32.probabilities - bf16.probabilities).abs().max()) < 0.1
+    # the documented tolerance (docs/scale.md, Exactness): at most 2 % of the sign decisions differ,
+    # and no activation probability P moves by more than 0.05
+    assert bits_differing(f32, bf16) <= 0.02
+    assert float((f32.probabilities - bf16.probabilities).abs().max()) <= 0.05
 
 
 @pytest.mark.slow
