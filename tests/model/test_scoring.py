@@ -133,3 +133,26 @@ def test_scorer_refuses_other_hooks_and_calls_outside_active(tiny_hf_model):
 def test_hooks_backend_and_bad_names():
     with pytest.raises(TLCultureError, match="unknown backend"):
         choose_scorer(object(), "fast", None, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+
+
+@pytest.mark.slow
+def test_default_model_native_nlls_equal_the_hooks_path(default_model):
+    """The embedded Gemma 3 270M (262k vocabulary): native with sdpa and the fused head, per-token NLLs
+    within the float32 tolerance of the hooks path, with no edit and with an ablation."""
+    from tl_culture.data.corpus import demo_corpora
+    from tl_culture.data.rows import encode
+
+    langs, _ = demo_corpora()
+    rows = encode(langs["de"], default_model.tokenizer, 128, max_tokens=254)
+    ids, count = rows.input_ids[:2], rows.count_mask[:2]
+    scorer, info = choose_scorer(default_model, "auto", None, ids, count)
+    assert info == {"backend": "native", "attention": "sdpa"}
+    mlp = MLPHooks.from_model(default_model)
+    mask = torch.zeros(mlp.n_layers, mlp.d_mlp, dtype=torch.bool)
+    mask[:, :64] = True
+    with torch.inference_mode():
+        for hooks in ([], Intervention([Edit("ablate", mask)]).fwd_hooks(default_model)):
+            want = torch.cat(hooks_nll(default_model, ids, count, None, hooks))
+            with scorer.active():
+                got = torch.cat(scorer.nll(ids, count, None, hooks))
+            assert len(got) == 254 and float((got - want).abs().max()) <= TOLERANCE[torch.float32]
