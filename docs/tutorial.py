@@ -94,9 +94,10 @@ display(Image(fig.png(dpi=90)))
 #
 # `delta_nll` ablates each group's neurons in turn and measures the change of the next-token loss
 # on every held-out corpus, with bootstrap confidence intervals and a random-neuron control (the
-# same number of random neurons per layer). A group's Δ means something where it clearly exceeds
-# its control. Three cultures and 64 scored tokens per corpus keep this quick; leave out `groups`
-# and pass every held-out corpus for the full matrix.
+# same number of random neurons per layer), scored on each group's own text (the diagonal;
+# `control_cells="all"` scores it on every cell). A group's Δ means something where it clearly
+# exceeds its control. Three cultures and 64 scored tokens per corpus keep this quick; leave out
+# `groups` and pass every held-out corpus for the full matrix.
 
 # %%
 three = ["da", "fa", "zh"]

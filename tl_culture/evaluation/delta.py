@@ -10,7 +10,9 @@ Controls and intervals (`tl_culture.evaluation.controls`):
 
 - random neurons: ablate as many random neurons as group g has, with the same count in every
   layer, for ``controls`` seeded draws; with ``exclude_selected`` the draws avoid every neuron of
-  ``neurons`` (and of ``exclude``); ``control_delta`` is the mean over the draws.
+  ``neurons`` (and of ``exclude``); ``control_delta`` is the mean over the draws. With
+  ``control_cells="own"`` the draws are scored on g's own text only (`is_own_text`); the other
+  cells' control fields are NaN.
 - bootstrap CIs over documents (`tl_culture.evaluation.units`: held-out documents are the units,
   documents of at least 2 × ``min_block`` scored tokens are cut into blocks of at least
   ``min_block``): Δ, the control Δ and the paired Δ − control of a cell from the same resamples,

@@ -54,7 +54,8 @@ class NLLMatrix:
         ablated: ``float64[group, eval]``: mean NLL with the group's neurons ablated.
         tokens: ``int64[eval]``: scored target tokens per eval corpus.
         delta_ci_low, delta_ci_high: ``float64[group, eval]``: bootstrap 95 % CI of delta.
-        control_delta: ``float64[group, eval]``: Δ NLL of the random-neuron control (mean over seeds).
+        control_delta: ``float64[group, eval]``: Δ NLL of the random-neuron control (mean over seeds);
+            NaN in cells where no control ran (``meta["control_cells"]``).
         control_ci_low, control_ci_high: bootstrap 95 % CI of the control Δ.
         bootstrap_units: ``int64[eval]``: resampling units (documents, long ones in blocks) per
             eval corpus; None for a matrix made without them.

@@ -151,9 +151,11 @@ class RunPlan:
         amount = "an amount known once streamed" if total is None else (
             f"≈ {_num(total)} tokens in ≈ {_num(math.ceil(total / cfg.seq_len))} rows")
         n_eval = len(self.corpora)
+        cells = "each set's own text" if cfg.control_cells == "own" else "every cell"
         evaluate = (f"Δ NLL of {', '.join(CATEGORIES)} on {n_eval} held-out corpora ({cfg.eval_mode}), "
                     f"{'every' if cfg.eval_tokens is None else f'up to {cfg.eval_tokens:,}'} scored tokens each, "
-                    f"{cfg.control_seeds} control seed(s), {cfg.bootstrap:,} bootstrap resamples")
+                    f"{cfg.control_seeds} control seed(s) on {cells}, {cfg.bootstrap:,} bootstrap resamples, "
+                    f"backend {cfg.backend}")
         short = [f"{c.side} {c.name}" for c in self.corpora if c.tokens is not None and cfg.eval_tokens is not None
                  and c.tokens * cfg.eval_fraction < cfg.eval_tokens]
         if cfg.evaluate and short:
