@@ -40,6 +40,7 @@ from tl_culture.data.rows import RowStream, TokenRows
 from tl_culture.data.sampling import capped_sample
 from tl_culture.errors import TLCultureError
 from tl_culture.model.bridge import check_backend
+from tl_culture.model.context import beyond_training, check_seq_len, model_context
 from tl_culture.model.fastpath import NativeForward
 from tl_culture.model.forward import is_oom
 from tl_culture.model.hooks import MLPHooks
@@ -64,10 +65,11 @@ def collect(
     backend: str = "auto",
     attention: str | None = None,
     sample_seed: int | None = 0,
+    allow_long_context: bool = False,
 ) -> ActivationStats:
     """Stream every group's corpus through ``model`` and count MLP neuron activations.
 
-    Long because it documents the sixteen settings of the public API; the body is a few calls.
+    Long because it documents the seventeen settings of the public API; the body is a few calls.
     Under an initialised ``torch.distributed`` process group (``torchrun``) rank ``r`` of ``W``
     runs the batches with ``b % W == r`` and every rank returns the reduced totals.
 
@@ -103,6 +105,9 @@ def collect(
             zero; docs/scale.md). The hook path always runs the bridge's attention.
             ``meta["attention"]`` records what ran.
         sample_seed: seed of the document order under ``max_tokens`` (None: corpus order).
+        allow_long_context: count rows longer than the positions the model was trained on (never
+            longer than it can run; `tl_culture.model.context`); ``meta["beyond_trained_positions"]``
+            records it.
 
     Returns:
         `ActivationStats` with one row per group, in the order of ``corpora``.
@@ -113,9 +118,13 @@ def collect(
     """
     _check_numbers(batch_size, checkpoint_every, checkpoint_seconds)
     check_backend(backend, attention)
+    context = model_context(model)
+    check_seq_len(context, seq_len, name=model_name(model), allow_long_context=allow_long_context)
     run = _start(model, corpora, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, pack=pack,
                  device=device, with_sums=with_sums, progress=progress, distributed=distributed, backend=backend,
                  attention=attention, sample_seed=sample_seed)
+    if beyond_training(context, seq_len):
+        run.meta["beyond_trained_positions"] = True
     state, complete, ckpt = _resume(run, checkpoint_dir, checkpoint_every, checkpoint_seconds)
     t0 = time.perf_counter()
     for gi in range(len(run.streams)):

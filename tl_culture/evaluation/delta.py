@@ -194,10 +194,11 @@ def delta_nll(
     pairs: Mapping[str, str] | None = None,
     backend: str = "auto",
     attention: str | None = None,
+    allow_long_context: bool = False,
 ) -> NLLMatrix:
     """Δ NLL of ablating each group's neurons, on every eval corpus, with controls.
 
-    Long because it documents the twenty-two settings of the public API; the body is a few calls.
+    Long because it documents the twenty-three settings of the public API; the body is a few calls.
 
     Args:
         model: a TransformerLens model with a tokenizer (or eval corpora of token rows).
@@ -232,6 +233,8 @@ def delta_nll(
         backend: how the forwards run: ``"auto"`` (the native fast path where its check passes,
             else TransformerLens hooks), ``"native"`` or ``"hooks"`` (`tl_culture.evaluation.scorer`).
         attention: the native path's attention implementation (default sdpa).
+        allow_long_context: score rows longer than the positions the model was trained on
+            (`tl_culture.model.context`).
 
     Returns:
         An `NLLMatrix` (rows = groups, columns = eval corpora).
@@ -250,7 +253,7 @@ def delta_nll(
     evals_of = control_evals(runs, list(named), control_cells, pairs)
     nll, info = _score(model, named, runs, baseline_cache, seq_len=seq_len, batch_size=batch_size,
                        max_tokens=max_tokens, progress=progress, evals_of=evals_of, backend=backend,
-                       attention=attention)
+                       attention=attention, allow_long_context=allow_long_context)
     tok = getattr(model, "tokenizer", None)
     per_unit = {e: _units(c, tok, len(nll[BASELINE][e]), units, min_block, chunk) for e, c in named.items()}
     counts = unit_counts(per_unit, warn=bootstrap > 0)

@@ -26,8 +26,9 @@ from tl_culture.data.rows import TokenRows, encode, stack_rows
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.scorer import choose_scorer, hooks_nll, token_nll
 from tl_culture.intervene.interventions import Intervention
+from tl_culture.model.context import Context, beyond_training, check_seq_len, model_context
 from tl_culture.model.forward import is_oom
-from tl_culture.model.load import model_device
+from tl_culture.model.load import model_device, model_name
 from tl_culture.model.scoring import NativeScorer
 
 K = TypeVar("K", bound=Hashable)
@@ -77,6 +78,19 @@ def _plan(keys: list[K], names: list[str], evals_of: Mapping[K, Collection[str]]
     return plan
 
 
+def _check(model: Any, interventions: Mapping[K, Intervention | None], seq_len: int, batch_size: int,
+           allow_long_context: bool) -> Context:
+    """Refuse bad settings and interventions that do not fit the model; return the model's context."""
+    if batch_size < 1:
+        raise TLCultureError(f"batch_size must be at least 1, got {batch_size}")
+    context = model_context(model)
+    check_seq_len(context, seq_len, name=model_name(model), allow_long_context=allow_long_context)
+    for it in interventions.values():
+        if it is not None:
+            it.validate(model)
+    return context
+
+
 def _oom(exc: Exception, rows: int, pos: int, batch_size: int) -> TLCultureError:
     """The one-line out-of-memory error of a scoring batch, with the batch size to try."""
     fix = f"use a smaller eval batch size ({batch_size // 2})" if batch_size > 1 else "use a smaller seq_len"
@@ -123,6 +137,7 @@ def token_nlls(
     evals_of: Mapping[K, Collection[str]] | None = None,
     backend: str = "auto",
     attention: str | None = None,
+    allow_long_context: bool = False,
 ) -> tuple[dict[K, dict[str, Float[torch.Tensor, " tokens"]]], dict[str, Any]]:
     """Per-token NLLs of eval corpora under every intervention (``None`` = no intervention).
 
@@ -139,17 +154,15 @@ def token_nlls(
         backend: ``"auto"`` (the native fast path when it checks out, else hooks), ``"native"`` or
             ``"hooks"`` (`tl_culture.evaluation.scorer.choose_scorer`).
         attention: the native path's attention (default sdpa, falling back to the bridge's own).
+        allow_long_context: score rows longer than the positions the model was trained on
+            (`tl_culture.model.context`; recorded as ``beyond_trained_positions``).
 
     Returns:
         ``nll[key][eval_name]``: ``float64[tokens]`` in row-major token order (the same tokens for
         every key), for the eval corpora the key was scored on; and run info (seconds, seq_len,
         max_tokens, batch_size, backend, attention, backend_note where it fell back, scored_tokens).
     """
-    if batch_size < 1:
-        raise TLCultureError(f"batch_size must be at least 1, got {batch_size}")
-    for it in interventions.values():
-        if it is not None:
-            it.validate(model)
+    context = _check(model, interventions, seq_len, batch_size, allow_long_context)
     named = as_corpora(eval_corpora)
     names = list(named)
     tok = getattr(model, "tokenizer", None)
@@ -165,6 +178,8 @@ def token_nlls(
             nll[k] = {names[i]: _cat(parts[k].get(i)) for i in idx}
     info.update(seconds=round(time.perf_counter() - t0, 3), seq_len=seq_len, max_tokens=max_tokens,
                 batch_size=batch_size, scored_tokens=total)
+    if beyond_training(context, seq_len):
+        info["beyond_trained_positions"] = True
     return nll, info
 
 

@@ -86,7 +86,8 @@ def steer_eval(
         intervention: the edit to measure.
         target_language: the code the identifier answers for the language steered towards.
         **kwargs: the settings of `steer_evals` (controls, exclude, modes, temperature, top_k,
-            max_new_tokens, seed, batch_size, identifier, stop_at_eos, cache, progress).
+            max_new_tokens, seed, batch_size, identifier, stop_at_eos, cache, progress,
+            allow_long_context).
 
     Returns:
         A `SteerEval` (``save``/``load``, ``rate``, ``table``).
@@ -111,8 +112,11 @@ def steer_evals(
     stop_at_eos: bool = True,
     cache: bool | None = None,
     progress: bool = False,
+    allow_long_context: bool = False,
 ) -> dict[str, SteerEval]:
     """`steer_eval` for several target languages at once: the baseline continuations are shared.
+
+    Long because it documents the sixteen settings of the public API; the body is a few steps.
 
     Args:
         model: a TransformerLens model with a tokenizer.
@@ -128,6 +132,7 @@ def steer_evals(
         identifier: ``text -> language code``; default `LanguageIdentifier()`.
         stop_at_eos: end a continuation at the tokenizer's EOS token.
         progress: print one line per decoded condition.
+        allow_long_context: see `tl_culture.intervene.decode.decode`.
     """
     _check(prompts, modes, temperature, controls, max_new_tokens)
     identify = identifier or LanguageIdentifier()
@@ -135,7 +140,7 @@ def steer_evals(
     tok = getattr(model, "tokenizer", None)
     eos = getattr(tok, "eos_token_id", None) if stop_at_eos else None
     dec = {"max_new_tokens": max_new_tokens, "top_k": top_k, "seed": seed, "eos": eos, "batch_size": batch_size,
-           "cache": cache}
+           "cache": cache, "allow_long_context": allow_long_context}
     conditions = {}
     for target, edit in edits.items():
         edit.validate(model)

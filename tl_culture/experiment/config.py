@@ -26,7 +26,7 @@ CATEGORIES = ("language", "culture", "compound", "pure", "generic")
 #: The fields that say which model to load and where (`load_model`'s settings).
 MODEL_FIELDS = ("model", "device", "dtype")
 #: The fields that are settings of `tl_culture.counting.collect.collect`, under the same names.
-COLLECT_FIELDS = ("seq_len", "batch_size", "max_tokens", "backend", "attention", "progress")
+COLLECT_FIELDS = ("seq_len", "batch_size", "max_tokens", "backend", "attention", "allow_long_context", "progress")
 #: The two sides of an experiment; ``max_tokens`` and ``max_documents`` have a per-side setting each.
 SIDES = ("language", "culture")
 
@@ -94,6 +94,9 @@ class ExperimentConfig:
     attention: str | None = field(default=None, metadata=_opt(
         "attention of the native backend (default: sdpa where the model supports it); eager makes the counts "
         "bit-identical to the hooks backend", choices=ATTENTIONS))
+    allow_long_context: bool = field(default=False, metadata=_opt(
+        "run rows (and prompts plus new tokens) longer than the positions the model was trained on, never longer "
+        "than it can run; recorded in the results' meta as beyond_trained_positions"))
     progress: bool = field(default=True, metadata=_opt("hide the progress bars", flag="--no-progress"))
     evaluate: bool = field(default=True, metadata=_opt(
         "skip the Δ NLL evaluation stage (nll/{category}.json)", flag="--no-eval"))

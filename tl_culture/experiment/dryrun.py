@@ -34,7 +34,8 @@ from tl_culture.data.corpus import Corpus, demo_corpora, load_corpus, parse_hf_s
 from tl_culture.errors import TLCultureError
 from tl_culture.experiment.config import CATEGORIES, SIDES, ExperimentConfig
 from tl_culture.experiment.run import culture_pairs
-from tl_culture.model.load import DEFAULT_MODEL, local_model_path, parse_dtype
+from tl_culture.model.context import beyond_training, check_seq_len, context_of_config
+from tl_culture.model.load import DEFAULT_MODEL, DEFAULT_MODEL_FOLDER, cache_dir, local_model_path, parse_dtype
 
 #: Characters per token assumed for text outside the CJK scripts (English-like text).
 CHARS_PER_TOKEN = 4.0
@@ -119,6 +120,7 @@ class RunPlan:
         corpora: one plan per corpus, languages first.
         pairs: culture -> its language.
         out: the output folder and what happens to it.
+        context: the model's context from its config, and whether the rows fit it.
     """
 
     config: ExperimentConfig
@@ -126,6 +128,7 @@ class RunPlan:
     corpora: list[CorpusPlan]
     pairs: dict[str, str]
     out: str
+    context: str = ""
 
     def counted_tokens(self) -> int | None:
         """Tokens of all groups the count stage reads; None when a streamed corpus has no token cap."""
@@ -135,7 +138,7 @@ class RunPlan:
     def text(self) -> str:
         """The plan as the command line prints it."""
         cfg = self.config
-        lines = [f"model      {self.model}", f"out        {self.out}"]
+        lines = [f"model      {self.model}", f"context    {self.context}", f"out        {self.out}"]
         for side in SIDES:
             plans = [c for c in self.corpora if c.side == side]
             cap = cfg.cap("max_tokens", side)
@@ -230,6 +233,40 @@ def check_model(cfg: ExperimentConfig) -> str:
     return f"{cfg.model} ({where}), {dtype} on {device}"
 
 
+def _config_file(cfg: ExperimentConfig) -> Path | None:
+    """The model's ``config.json`` on this machine, if it is here (nothing is converted or fetched)."""
+    if cfg.model == DEFAULT_MODEL:
+        path = cache_dir() / DEFAULT_MODEL_FOLDER / "config.json"
+    elif (folder := local_model_path(cfg.model)) is not None:
+        path = folder / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(cfg.model, "config.json")
+        path = Path(cached) if isinstance(cached, str) else None
+    return path if path is not None and path.is_file() else None
+
+
+def check_context(cfg: ExperimentConfig) -> str:
+    """The model's context from its config alone, with ``cfg.seq_len`` checked against it (`check_seq_len`).
+
+    Raises:
+        TLCultureError: the rows are longer than the model's context.
+    """
+    path = _config_file(cfg)
+    if path is None:
+        return "checked when the model is loaded (its config is not on this machine yet)"
+    from transformers import AutoConfig
+
+    context = context_of_config(AutoConfig.from_pretrained(str(path.parent)))
+    check_seq_len(context, cfg.seq_len, name=cfg.model, allow_long_context=cfg.allow_long_context)
+    limits = [f"{n:,} positions {kind}" for n, kind in ((context.positions, "at most"),
+                                                          (context.trained, "trained")) if n is not None]
+    beyond = " (beyond the trained positions: allowed)" if beyond_training(context, cfg.seq_len) else ""
+    known = ", ".join(limits) or "no limit named"
+    return f"{known} ({context.source}); rows of {cfg.seq_len} fit{beyond}"
+
+
 def _hub_model(name: str) -> str:
     """Whether the local HF cache holds hub model ``name`` (a malformed name is an error)."""
     from huggingface_hub import try_to_load_from_cache
@@ -316,6 +353,7 @@ def dry_run(cfg: ExperimentConfig) -> RunPlan:
     """
     problems: list[str] = []
     model = _attempt(problems, "", check_model, cfg)
+    context = _attempt(problems, "", check_context, cfg) if model is not None else None
     out = _attempt(problems, "", check_out, cfg.out)
     plans = _plan_corpora(cfg, problems)
     languages = cfg.languages or {p.name: p.spec for p in plans if p.side == "language"}
@@ -324,8 +362,8 @@ def dry_run(cfg: ExperimentConfig) -> RunPlan:
     if problems:
         more = len(problems) - _SHOWN_PROBLEMS
         raise TLCultureError("; ".join(problems[:_SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else ""))
-    return RunPlan(cfg, model, plans, pairs, out)
+    return RunPlan(cfg, model, plans, pairs, out, context)
 
 
-__all__ = ["CHARS_PER_TOKEN", "CorpusPlan", "RunPlan", "check_model", "check_out", "dry_run", "estimate_tokens",
-           "missing_paths", "plan_corpus"]
+__all__ = ["CHARS_PER_TOKEN", "CorpusPlan", "RunPlan", "check_context", "check_model", "check_out", "dry_run",
+           "estimate_tokens", "missing_paths", "plan_corpus"]

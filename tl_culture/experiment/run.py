@@ -44,7 +44,8 @@ from tl_culture.explore.scan import top_examples
 from tl_culture.explore.writes import NeuronWrites, direct_effects
 from tl_culture.intervene.controls import selected_union
 from tl_culture.intervene.interventions import set_to
-from tl_culture.model.load import load_model
+from tl_culture.model.context import check_seq_len, model_context
+from tl_culture.model.load import load_model, model_name
 from tl_culture.selection.lape import identify
 from tl_culture.selection.neurons import NeuronSet, culture_categories
 from tl_culture.selection.stability import split_half_stability
@@ -144,6 +145,8 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None, *, reporter: Report
     with RunDir.staged(cfg.out) as run:
         if model is None:
             model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        check_seq_len(model_context(model), cfg.seq_len, name=model_name(model),
+                      allow_long_context=cfg.allow_long_context)  # before any work
         lang_sel, lang_held = split_all(languages, cfg)
         cult_sel, cult_held = split_all(cultures, cfg)
         # an eval token cap scores a seeded sample of held-out documents, as counting's cap does
@@ -215,6 +218,7 @@ def examples_stage(
         return None
     corpora = {**{f"lang:{k}": v for k, v in lang_sel.items()}, **{f"cult:{k}": v for k, v in cult_sel.items()}}
     examples = top_examples(model, corpora, chosen, max_tokens=cfg.examples_tokens, seq_len=cfg.seq_len,
+                            allow_long_context=cfg.allow_long_context,
                             batch_size=cfg.batch_size, progress=cfg.progress)
     writes = direct_effects(model, chosen)
     run.write_examples(examples, writes)
@@ -267,6 +271,7 @@ def evaluation_stage(
         seed=cfg.seed,
         backend=cfg.backend,
         attention=cfg.attention,
+        allow_long_context=cfg.allow_long_context,
     )
     for m in nll.values():
         m.meta["summary"] = summarize(m, pairs)
@@ -316,6 +321,7 @@ def steering_stage(
                       "code the identifier knows)", stacklevel=2)
     exclude = selected_union(neurons_l, *cats.values())
     evals = steer_evals(model, prompts, edits, controls=cfg.control_seeds, exclude=exclude, modes=("greedy",),
+                        allow_long_context=cfg.allow_long_context,
                         max_new_tokens=cfg.steer_tokens, seed=cfg.seed, identifier=ident, progress=cfg.progress)
     run.write_steering(evals)
     return evals

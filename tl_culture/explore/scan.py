@@ -29,9 +29,13 @@ from tl_culture.errors import TLCultureError
 from tl_culture.explore.examples import NeuronExamples, neuron_list
 from tl_culture.explore.text import REPLACEMENT, TokenText
 from tl_culture.explore.topk import FIELDS, RunningTopK
+from tl_culture.model.context import check_seq_len, fit_seq_len, model_context
 from tl_culture.model.forward import run_to_layer
 from tl_culture.model.hooks import MLPHooks
 from tl_culture.model.load import model_device, model_name
+
+#: Tokens per row of `top_examples` unless the model's context is shorter.
+DEFAULT_SEQ_LEN = 512
 
 
 def top_examples(
@@ -42,14 +46,17 @@ def top_examples(
     k: int = 16,
     window: int = 12,
     max_tokens: int | None = None,
-    seq_len: int = 512,
+    seq_len: int | None = None,
     batch_size: int = 8,
     pack: bool = True,
     device: str | torch.device | None = None,
     progress: bool = True,
     distributed: bool | None = None,
+    allow_long_context: bool = False,
 ) -> NeuronExamples:
     """Each chosen neuron's k highest activations per group, with their contexts (see the module docstring).
+
+    Long because it documents the twelve settings of the public API; the body is a loop over groups.
 
     Args:
         model: a TransformerLens model (TL 4.x `TransformerBridge` or TL 3.x `HookedTransformer`).
@@ -60,7 +67,10 @@ def top_examples(
         k: contexts kept per neuron and group.
         window: tokens kept on each side of a context's maximum (within its row).
         max_tokens: cap on the tokens scanned per group (the first ones of its row stream).
-        seq_len, batch_size, pack: the rows and batches, as for `collect`.
+        seq_len: tokens per row; default `DEFAULT_SEQ_LEN`, or the model's context where that is
+            shorter (`tl_culture.model.context`).
+        batch_size, pack: the batches and rows, as for `collect`.
+        allow_long_context: as for `collect`.
         device: where to run; default the model's device.
         progress: show a tqdm bar per group.
         distributed: use the initialised process group; default: whenever one is initialised.
@@ -71,6 +81,9 @@ def top_examples(
     if k < 1 or window < 0 or batch_size < 1:
         raise TLCultureError(f"k and batch_size must be at least 1, window at least 0; got {k}, {batch_size}, {window}")
     mlp = MLPHooks.from_model(model)
+    context = model_context(model)
+    seq_len = fit_seq_len(context, DEFAULT_SEQ_LEN) if seq_len is None else seq_len
+    check_seq_len(context, seq_len, name=model_name(model), allow_long_context=allow_long_context)
     layers, idx = neuron_list(neurons, mlp)
     named = as_corpora(corpora)
     dev = torch.device(device) if device is not None else model_device(model)

@@ -35,9 +35,10 @@ from jaxtyping import Float, Int
 from tl_culture.errors import TLCultureError
 from tl_culture.intervene.interventions import Intervention
 from tl_culture.model.bridge import bridge_fast_path, native_problem
+from tl_culture.model.context import check_seq_len, model_context
 from tl_culture.model.fastpath import NativeForward
 from tl_culture.model.hooks import MLPHooks
-from tl_culture.model.load import model_device
+from tl_culture.model.load import model_device, model_name
 
 
 def pick_token(logits: Float[torch.Tensor, " vocab"], temperature: float, top_k: int | None, g: torch.Generator) -> int:
@@ -167,6 +168,7 @@ def decode(
     eos: int | None = None,
     batch_size: int = 16,
     cache: bool | None = None,
+    allow_long_context: bool = False,
 ) -> list[list[int]]:
     """Continue every prompt (1-D token ids, BOS included), with ``intervention`` applied if given.
 
@@ -182,12 +184,17 @@ def decode(
         batch_size: prompts per batch of the cached decoder.
         cache: True needs the cached decoder, False uses the uncached one, None picks the cached
             one when `cache_problem` finds none.
+        allow_long_context: decode past the positions the model was trained on (never past those
+            it can run; `tl_culture.model.context`).
 
     Returns:
         The generated ids of each prompt, in order.
     """
     if intervention is not None:
         intervention.validate(model)
+    longest = max((len(p) for p in prompts), default=0) + max_new_tokens
+    check_seq_len(model_context(model), longest, name=model_name(model), allow_long_context=allow_long_context,
+                  what="a prompt and its new tokens take", fix="use shorter prompts or fewer new tokens")
     problem = cache_problem(model) if cache is not False else "not asked for"
     if cache and problem is not None:
         raise TLCultureError(f"cannot decode with a KV cache: {problem}; use cache=False")

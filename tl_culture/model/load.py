@@ -12,6 +12,8 @@ from tl_culture.errors import TLCultureError
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "google/gemma-3-270m"
+#: The folder in `cache_dir` that holds the converted default model.
+DEFAULT_MODEL_FOLDER = "gemma-3-270m-q4km-hf"
 
 
 def cache_dir() -> Path:
@@ -26,7 +28,7 @@ def default_model_dir(progress: bool = True) -> Path:
     dequantises it and saves a float32 HF checkpoint in the cache (see docs/scale.md for its cost);
     later calls return the cached folder.
     """
-    target = cache_dir() / "gemma-3-270m-q4km-hf"
+    target = cache_dir() / DEFAULT_MODEL_FOLDER
     if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
         return target
     try:
