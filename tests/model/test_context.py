@@ -18,6 +18,13 @@ from tl_culture.model.context import Context, check_seq_len, context_of_config, 
 TEXT = {"en": ["the cat sat on the mat " * 40] * 3}
 
 
+def error_lines(capsys) -> list[str]:
+    """What the command wrote to stderr besides HF's weight-loading bar: its error, and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if not line.startswith("Loading weights")]
+
+
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     path = make_tiny_hf_checkpoint(tmp_path_factory.mktemp("gpt2"), "gpt2")
@@ -120,3 +127,25 @@ def test_cli_refuses_with_one_line_and_writes_nothing(tiny_gpt2, tmp_path, capsy
     assert main(["run", "--model", str(path), "--language", f"en={corpus}", "--culture", f"en={corpus}",
                  "--seq-len", "128", "--out", str(run_out), "--dry-run"]) == 0
     assert "context    256 positions at most, 256 positions trained (n_positions" in capsys.readouterr().out
+
+
+def test_token_views_and_the_other_commands_refuse_too(tiny_gpt2, tmp_path, capsys):
+    from tl_culture.report.tokens import neuron_activations
+
+    path, model = tiny_gpt2
+    with pytest.raises(TLCultureError, match="a token view of 300 tokens .* keep at most 256 tokens"):
+        neuron_activations(model, torch.ones(300, dtype=torch.long), 0, 0, max_tokens=None)
+    corpus = tmp_path / "en.txt"
+    corpus.write_text("the cat sat on the mat\n" * 50, encoding="utf-8")
+    mask = torch.zeros(1, 2, 48, dtype=torch.bool)
+    mask[0, 1, :4] = True
+    NeuronSet(["en"], mask).save(tmp_path / "n.safetensors")
+    out = tmp_path / "nll.json"
+    rc = main(["evaluate", "--model", str(path), "--neurons", str(tmp_path / "n.safetensors"), "--corpus",
+               f"en={corpus}", "--seq-len", "300", "--out", str(out), "--allow-overlap", "--no-progress"])
+    err = error_lines(capsys)
+    assert rc == 2 and len(err) == 1 and "--seq-len 256" in err[0] and not out.exists()
+    rc = main(["steer", "--model", str(path), "--neurons", str(tmp_path / "n.safetensors"), "--group", "en",
+               "--ablate", "--prompt", "the cat " * 100, "--max-new-tokens", "100"])
+    err = error_lines(capsys)
+    assert rc == 2 and len(err) == 1 and "context of 256 positions" in err[0]

@@ -29,9 +29,10 @@ from jaxtyping import Float, Int
 from tl_culture.data.rows import bos_prefix, prompt_ids
 from tl_culture.errors import TLCultureError
 from tl_culture.explore.text import decode_incrementally
+from tl_culture.model.context import check_seq_len, model_context
 from tl_culture.model.forward import run_to_layer
 from tl_culture.model.hooks import MLPHooks
-from tl_culture.model.load import model_device
+from tl_culture.model.load import model_device, model_name
 from tl_culture.selection.neurons import NeuronSet
 
 STATS = ("mean", "fraction")
@@ -77,6 +78,14 @@ def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 
 def _tokenize(model: Any, text: str | torch.Tensor, max_tokens: int | None) -> tuple[torch.Tensor, int, list[str]]:
     """(ids with BOS first when the tokenizer has one, number of prefix tokens, str tokens without prefix)."""
+    ids, n_prefix, strings = _ids(model, text, max_tokens)
+    context = model_context(model)
+    check_seq_len(context, len(ids), name=model_name(model), what="a token view of",
+                  fix=f"keep at most {context.limit} tokens (max_tokens, --max-tokens)")
+    return ids, n_prefix, strings
+
+
+def _ids(model: Any, text: str | torch.Tensor, max_tokens: int | None) -> tuple[torch.Tensor, int, list[str]]:
     tok = getattr(model, "tokenizer", None)
     if isinstance(text, torch.Tensor):
         ids = text.flatten().long()
