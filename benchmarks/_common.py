@@ -196,11 +196,13 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
-def matmul_flops(n: int = 2048, repeats: int = 5, device: torch.device | None = None) -> float:
-    """Median FLOP/s of an ``n x n @ n x n`` float32 matmul on ``device`` (2 n^3 FLOPs each)."""
+def matmul_flops(
+    n: int = 2048, repeats: int = 5, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> float:
+    """Median FLOP/s of an ``n x n @ n x n`` matmul in ``dtype`` on ``device`` (2 n^3 FLOPs each)."""
     device = device or torch.device("cpu")
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     a @ b
     ts = []
     for _ in range(repeats):

@@ -13,7 +13,8 @@ Every method scores the same rows (``--tokens`` tokens of multilingual FLORES te
 The methods run ``--repeats`` rounds interleaved in one process (`_common.interleaved`); the table
 reports medians and each method's ratio to the floor, with the peak resident memory each pass adds
 over the memory before it (Linux VmHWM, reset before every pass) and the fraction of this machine's
-matmul peak (measured once per round) that the unembedding and body FLOPs reach.
+matmul rate in the model's dtype (a 2048² matmul, measured once per round) that the unembedding and
+body FLOPs reach.
 
     python benchmarks/evaluation.py --model default --tokens 2048 --seq-len 256 --batch-size 4 --repeats 3
 """
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fns = methods(args, model, hf, rows)
     info = fns.pop("info")
     flops: list[float] = []
-    times = C.interleaved(fns, args.repeats, extra=lambda: flops.append(C.matmul_flops(device=dev)))
+    times = C.interleaved(fns, args.repeats, extra=lambda: flops.append(C.matmul_flops(device=dev, dtype=dtype)))
     scored = int(rows.shape[0] * (rows.shape[1] - 1))
     med = {m: C.median(times[m]) for m in METHODS}
     per_token = C.body_flops_per_token(model.cfg, args.seq_len) + C.unembed_flops_per_token(model.cfg)

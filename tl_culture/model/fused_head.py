@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 
 #: Vocabulary rows of the unembedding per block of `fused_nll`.
-VOCAB_BLOCK = 4096
+VOCAB_BLOCK = 2048
 
 
 @dataclass(frozen=True)
