@@ -89,6 +89,9 @@ def test_collect_and_ablate_on_hooked_transformer(kind):
     rows = torch.randint(0, 50, (6, 10), generator=torch.Generator().manual_seed(0))
     stats = tc.collect(model, {"a": rows[:3], "b": rows[3:]}, seq_len=10, progress=False)
     assert stats.meta["backend"] == "hooks"
+    with pytest.raises(tc.TLCultureError, match=f"^rows of 64 tokens are longer than .* context of {N_CTX} positions "
+                                                r"\(cfg.n_ctx of the TransformerLens model\); use seq_len 48"):
+        tc.collect(model, {"a": torch.randint(0, 50, (1, 64))}, seq_len=64, progress=False)
     act = _act(model)
     _, cache = model.run_with_cache(rows[:3])
     want = torch.stack([(act(cache[f"blocks.{l}.mlp.hook_pre"]) > 0).sum((0, 1)) for l in range(2)])
