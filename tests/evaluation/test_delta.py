@@ -108,7 +108,7 @@ def test_delta_nll_refuses_selection_text_unless_allowed(tiny_models):
                    {"stats_meta": {"corpora": {"x": {"fingerprint": corp.fingerprint, "source": "tensor"}}}})
     with pytest.raises(TLCultureError, match="or pass allow_overlap=True"):
         delta_nll(tiny_models["dense"], {"x": corp}, ns, controls=0, progress=False)
-    res = delta_nll(tiny_models["dense"], {"x": corp}, ns, controls=0, bootstrap=0, allow_overlap=True,
+    res = delta_nll(tiny_models["dense"], {"x": corp}, ns, controls=0, bootstrap=0, allow_overlap=True, seq_len=64,
                     progress=False)
     assert res.delta[0, 0] > 0  # ablating every neuron hurts
 

@@ -33,7 +33,7 @@ def test_every_field_is_a_documented_option():
     assert set(MODEL_FIELDS) <= {f.name for f in fields(ExperimentConfig)}
     c = ExperimentConfig(seq_len=32, backend="hooks", progress=False)
     assert c.collect_kwargs() == {"seq_len": 32, "batch_size": 8, "max_tokens": None, "backend": "hooks",
-                                  "attention": None, "progress": False, "sample_seed": 0}
+                                  "attention": None, "allow_long_context": False, "progress": False, "sample_seed": 0}
 
 
 @pytest.mark.parametrize(

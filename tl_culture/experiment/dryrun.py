@@ -258,7 +258,12 @@ def check_context(cfg: ExperimentConfig) -> str:
         return "checked when the model is loaded (its config is not on this machine yet)"
     from transformers import AutoConfig
 
-    context = context_of_config(AutoConfig.from_pretrained(str(path.parent)))
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent))
+    except (ValueError, OSError, KeyError) as exc:
+        why = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        return f"checked when the model is loaded (its config.json could not be read here: {why})"
+    context = context_of_config(config)
     check_seq_len(context, cfg.seq_len, name=cfg.model, allow_long_context=cfg.allow_long_context)
     limits = [f"{n:,} positions {kind}" for n, kind in ((context.positions, "at most"),
                                                           (context.trained, "trained")) if n is not None]

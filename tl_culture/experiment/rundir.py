@@ -40,6 +40,7 @@ from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.matrix import NLLMatrix
 from tl_culture.evaluation.steer_result import SteerEval
 from tl_culture.experiment.config import CATEGORIES
+from tl_culture.experiment.lock import run_lock
 from tl_culture.explore.examples import NeuronExamples
 from tl_culture.explore.writes import NeuronWrites
 from tl_culture.selection.neurons import NeuronSet
@@ -128,23 +129,25 @@ class RunDir:
     def staged(cls, out: str | os.PathLike) -> Iterator[RunDir]:
         """A fresh folder beside ``out`` that replaces ``out`` when the block ends without error.
 
-        On an error the staging folder is removed and ``out`` is left as it was.
+        The block holds ``out``'s lock (`tl_culture.experiment.lock.run_lock`): a second run into
+        the same folder is refused, and what a run that died left beside it is removed. On an
+        error the staging folder is removed and ``out`` is left as it was.
         """
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            yield cls(tmp)
-            backup = None
-            if out.exists():
-                backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, backup)
-            os.replace(tmp, out)
-            if backup is not None:
-                shutil.rmtree(backup, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        with run_lock(out):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+            try:
+                yield cls(tmp)
+                backup = None
+                if out.exists():
+                    backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+                    os.replace(out, backup)
+                os.replace(tmp, out)
+                if backup is not None:
+                    shutil.rmtree(backup, ignore_errors=True)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ paths
     @property

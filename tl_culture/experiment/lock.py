@@ -1,0 +1,105 @@
+"""One writer per output folder: the lock a run holds from its start to the swap of its folder into place.
+
+The lock is ``.{out}.lock`` beside the output folder, held with ``fcntl.flock`` (an advisory lock
+the operating system drops when the process ends, also on ``kill -9``) and holding the pid, host
+and start time of its holder, so that:
+
+- a second run into the same folder is refused at once, with one line naming the process that
+  holds it;
+- a lock file left by a process that is gone is taken over, with a one-line note;
+- staging and backup folders that such a process left beside the output (``.{out}.tmp-*``,
+  ``.{out}.old-*``) are removed, with a one-line note: no live run can be using them while the
+  lock is held.
+
+Both notes are `RuntimeWarning`s. The swap of a finished run into place happens under the lock, so
+two runs cannot interleave it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tl_culture.errors import TLCultureError
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of output folder ``out``."""
+    return out.with_name(f".{out.name}.lock")
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"process {info['pid']} on {info['host']} (since {info['started']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the staging and backup folders of runs into ``out`` that ended without cleaning up."""
+    left = sorted(p for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*") for p in out.parent.glob(pattern))
+    for p in left:
+        shutil.rmtree(p, ignore_errors=True)
+    if left:
+        warnings.warn(f"removed {len(left)} folder(s) left beside {out} by an earlier run that did not finish "
+                      f"({', '.join(p.name for p in left)})", RuntimeWarning, stacklevel=3)
+
+
+def _acquire(path: Path, out: Path) -> int:
+    """An open descriptor of ``path`` holding its flock; the file is the one at ``path`` now (not one a
+    releasing run unlinked between our open and our lock)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TLCultureError(f"{out} is being written by {_holder(path.read_text(errors='replace'))}; wait "
+                                 "for it to finish, or give another --out") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the file was unlinked by the run that released it: lock the new one
+
+
+@contextmanager
+def run_lock(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of output folder ``out`` for the block (see the module docstring).
+
+    The lock file is removed when the block ends (also on errors); a process killed inside it leaves
+    the file, which the next run takes over.
+
+    Raises:
+        TLCultureError: another live process holds it.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(out)
+    fd = _acquire(path, out)
+    try:
+        before = os.read(fd, 4096).decode(errors="replace")
+        if before.strip():
+            warnings.warn(f"took over the lock of {out} from {_holder(before)}, which is no longer running",
+                          RuntimeWarning, stacklevel=3)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        _remove_leftovers(out)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a waiting opener then sees another inode
+        os.close(fd)  # closing drops the flock
+
+
+__all__ = ["lock_path", "run_lock"]
