@@ -106,3 +106,16 @@ def test_both_backends_give_the_hand_nll(tiny_hf_model, backend):
     assert float(nll["base"]["en"][:n].mean()) == pytest.approx(hand_nll(tiny_hf_model, full), abs=1e-5)
     hooks = it.fwd_hooks(tiny_hf_model)
     assert float(nll["g"]["en"][:n].mean()) == pytest.approx(hand_nll(tiny_hf_model, full, hooks), abs=1e-5)
+
+
+def test_out_of_memory_while_scoring_is_one_line_with_the_batch_size_to_try(tiny_hf_model, monkeypatch):
+    import tl_culture.evaluation.nll as nll_mod
+
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(nll_mod, "hooks_nll", full)
+    with pytest.raises(TLCultureError, match=r"^out of memory scoring 2 rows x 8 tokens; use a smaller batch size "
+                                             r"\(1: --eval-batch-size for run, --batch-size for evaluate\)$"):
+        token_nlls(tiny_hf_model, three_corpora(), {"base": None}, seq_len=8, batch_size=2, max_tokens=None,
+                   progress=False, backend="hooks")

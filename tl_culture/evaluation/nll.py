@@ -93,7 +93,8 @@ def _check(model: Any, interventions: Mapping[K, Intervention | None], seq_len: 
 
 def _oom(exc: Exception, rows: int, pos: int, batch_size: int) -> TLCultureError:
     """The one-line out-of-memory error of a scoring batch, with the batch size to try."""
-    fix = f"use a smaller eval batch size ({batch_size // 2})" if batch_size > 1 else "use a smaller seq_len"
+    fix = (f"use a smaller batch size ({batch_size // 2}: --eval-batch-size for run, --batch-size for evaluate)"
+           if batch_size > 1 else "use a smaller --seq-len")
     return TLCultureError(f"out of memory scoring {rows} rows x {pos} tokens; {fix}")
 
 
@@ -116,7 +117,7 @@ def _run_plan(
                 batch = rows.take(b).trimmed()
                 try:
                     _score_batch(model, scorer, batch, owner[b], {k: hooks[k] for k in keys}, parts)
-                except RuntimeError as exc:
+                except Exception as exc:
                     if is_oom(exc):
                         raise _oom(exc, len(b), batch.input_ids.shape[1], batch_size) from exc
                     raise
