@@ -86,7 +86,8 @@ def test_help_shows_the_defaults_of_collect(capsys):
     text = help_text(capsys, "collect")
     flags = ["--seq-len", "--batch-size", "--max-tokens", "--backend", "--attention", "--no-progress", "--no-pack",
              "--checkpoint", "--checkpoint-every", "--checkpoint-seconds", "--debug"]
-    assert f"(default: {d['seq_len']})" in option_help(text, "--seq-len", flags)
+    assert d["seq_len"] is None  # fitted to the model's context
+    assert "(default: 512, or the model's context if shorter)" in option_help(text, "--seq-len", flags)
     assert f"(default: {d['batch_size']})" in option_help(text, "--batch-size", flags)
     assert f"(default: {d['backend']})" in option_help(text, "--backend", flags)
     assert f"(default: {d['checkpoint_seconds']:g})" in option_help(text, "--checkpoint-seconds", flags)

@@ -149,3 +149,20 @@ def test_token_views_and_the_other_commands_refuse_too(tiny_gpt2, tmp_path, caps
                "--ablate", "--prompt", "the cat " * 100, "--max-new-tokens", "100"])
     err = error_lines(capsys)
     assert rc == 2 and len(err) == 1 and "context of 256 positions" in err[0]
+
+
+def test_defaults_the_user_did_not_set_fit_the_context(gated_model):
+    """On a 128-position model: collect's 512, delta_nll's and split_half_stability's 256 become 128."""
+    from tl_culture.selection.stability import split_half_stability
+
+    text = {"en": ["the cat sat on the mat " * 30] * 4, "de": ["der Hund schläft " * 30] * 4}
+    rows = {g: torch.randint(1, 64, (3, 200), generator=torch.Generator().manual_seed(0)) for g in text}
+    assert collect(gated_model, rows, progress=False).meta["seq_len"] == 128
+    mask = torch.zeros(2, 3, 32, dtype=torch.bool)
+    mask[:, 1, :4] = True
+    m = delta_nll(gated_model, rows, NeuronSet(["en", "de"], mask), controls=0, bootstrap=0, progress=False,
+                  allow_overlap=True, max_tokens=None)
+    assert m.meta["seq_len"] == 128
+    with pytest.raises(TLCultureError, match="context of 128 positions"):
+        collect(gated_model, rows, seq_len=129, progress=False)  # a value the user set is checked, not fitted
+    assert set(split_half_stability(gated_model, rows, progress=False)) == {"en", "de"}

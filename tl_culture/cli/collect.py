@@ -6,7 +6,7 @@ import argparse
 
 from tl_culture.cli._common import pairs_to_dict, positive_int
 from tl_culture.cli._options import add_option, add_options, given, signature_defaults
-from tl_culture.counting.collect import collect
+from tl_culture.counting.collect import DEFAULT_SEQ_LEN, collect
 from tl_culture.counting.distributed import DistInfo, collect_under_torchrun
 from tl_culture.counting.stats import ActivationStats
 from tl_culture.data.corpus import load_corpus
@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_options(p, ExperimentConfig, MODEL_FIELDS)
     p.add_argument("--corpus", action="append", required=True, metavar="NAME=PATH", help="a group's corpus (repeat)")
     p.add_argument("--out", required=True, help="statistics file to write (.safetensors)")
-    add_options(p, ExperimentConfig, COLLECT_FIELDS, defaults=DEFAULTS)
+    p.add_argument("--seq-len", type=positive_int, default=None, help=(
+        f"tokens per row, BOS included (default: {DEFAULT_SEQ_LEN}, or the model's context if shorter)"))
+    add_options(p, ExperimentConfig, [f for f in COLLECT_FIELDS if f != "seq_len"], defaults=DEFAULTS)
     p.add_argument("--no-pack", dest="pack", action="store_const", const=not DEFAULTS["pack"], default=DEFAULTS["pack"],
                    help="one document per row (right-padded) instead of packing")
     p.add_argument("--checkpoint", default=DEFAULTS["checkpoint_dir"], metavar="DIR",

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pair", action="append", metavar="GROUP=EVAL",
                    help="count EVAL as GROUP's own text for the controls when the names differ (repeat)")
     add_option(p, "--seed", "seed of the controls and bootstrap", d["seed"], type=int)
-    add_option(p, "--seq-len", "tokens per row", d["seq_len"], type=positive_int)
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="tokens per row (default: 256, or the model's context if shorter)")
     add_option(p, "--batch-size", "rows per forward", d["batch_size"], type=positive_int)
     add_option(p, "--max-tokens", "scored tokens per corpus", d["max_tokens"], type=positive_int)
     p.add_argument("--allow-overlap", action="store_true", help="evaluate even on the neurons' selection text")

@@ -40,18 +40,21 @@ from tl_culture.data.rows import RowStream, TokenRows
 from tl_culture.data.sampling import capped_sample
 from tl_culture.errors import TLCultureError
 from tl_culture.model.bridge import check_backend
-from tl_culture.model.context import beyond_training, check_seq_len, model_context
+from tl_culture.model.context import beyond_training, row_length
 from tl_culture.model.fastpath import NativeForward
 from tl_culture.model.forward import is_oom
 from tl_culture.model.hooks import MLPHooks
 from tl_culture.model.load import model_device, model_name
+
+#: Tokens per row of `collect` unless the model's context is shorter.
+DEFAULT_SEQ_LEN = 512
 
 
 def collect(
     model: Any,
     corpora: Mapping[str, Any],
     *,
-    seq_len: int = 512,
+    seq_len: int | None = None,
     batch_size: int = 8,
     max_tokens: int | None = None,
     pack: bool = True,
@@ -77,7 +80,8 @@ def collect(
         model: a TransformerLens model (TL 4.x `TransformerBridge` or TL 3.x `HookedTransformer`).
         corpora: group name -> corpus-like (`Corpus`, path, list of strings, or ``[row, pos]``
             token tensor).
-        seq_len: tokens per row (including the BOS token prepended to each row).
+        seq_len: tokens per row (including the BOS token prepended to each row); default
+            `DEFAULT_SEQ_LEN`, or the model's context where that is shorter (`tl_culture.model.context`).
         batch_size: rows per forward.
         max_tokens: cap on the counted tokens per group; the documents are shuffled first
             (`tl_culture.data.sampling.capped_sample`, seeded ``sample_seed``), so the cap takes a
@@ -118,8 +122,8 @@ def collect(
     """
     _check_numbers(batch_size, checkpoint_every, checkpoint_seconds)
     check_backend(backend, attention)
-    context = model_context(model)
-    check_seq_len(context, seq_len, name=model_name(model), allow_long_context=allow_long_context)
+    seq_len, context = row_length(model, seq_len, DEFAULT_SEQ_LEN, name=model_name(model),
+                                  allow_long_context=allow_long_context)
     run = _start(model, corpora, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, pack=pack,
                  device=device, with_sums=with_sums, progress=progress, distributed=distributed, backend=backend,
                  attention=attention, sample_seed=sample_seed)

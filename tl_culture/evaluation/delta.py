@@ -175,7 +175,7 @@ def delta_nll(
     neurons: NeuronSet,
     *,
     groups: Sequence[str] | None = None,
-    seq_len: int = 256,
+    seq_len: int | None = None,
     batch_size: int = 4,
     max_tokens: int | None = 256,
     controls: int = 1,
@@ -205,7 +205,8 @@ def delta_nll(
         eval_corpora: eval name -> corpus-like (held-out text).
         neurons: the neuron sets; rows of the result are its groups (or ``groups``).
         groups: which groups to ablate (default all; no repeats).
-        seq_len: tokens per row (BOS included).
+        seq_len: tokens per row (BOS included); default 256, or the model's context where that is
+            shorter (`tl_culture.evaluation.nll.DEFAULT_SEQ_LEN`).
         batch_size: rows per forward; memory ≈ batch_size × seq_len × d_vocab × 4 bytes of logits.
         max_tokens: scored tokens per eval corpus (None = all).
         controls: random-neuron control seeds per group (0 = none).

@@ -26,12 +26,14 @@ from tl_culture.data.rows import TokenRows, encode, stack_rows
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.scorer import choose_scorer, hooks_nll, token_nll
 from tl_culture.intervene.interventions import Intervention
-from tl_culture.model.context import Context, beyond_training, check_seq_len, model_context
+from tl_culture.model.context import Context, beyond_training, row_length
 from tl_culture.model.forward import is_oom
 from tl_culture.model.load import model_device, model_name
 from tl_culture.model.scoring import NativeScorer
 
 K = TypeVar("K", bound=Hashable)
+#: Tokens per row of the scored text unless the model's context is shorter.
+DEFAULT_SEQ_LEN = 256
 
 
 def _score_batch(
@@ -78,17 +80,17 @@ def _plan(keys: list[K], names: list[str], evals_of: Mapping[K, Collection[str]]
     return plan
 
 
-def _check(model: Any, interventions: Mapping[K, Intervention | None], seq_len: int, batch_size: int,
-           allow_long_context: bool) -> Context:
-    """Refuse bad settings and interventions that do not fit the model; return the model's context."""
+def _check(model: Any, interventions: Mapping[K, Intervention | None], seq_len: int | None, batch_size: int,
+           allow_long_context: bool) -> tuple[int, Context]:
+    """Refuse bad settings and interventions that do not fit the model; return the row length and context."""
     if batch_size < 1:
         raise TLCultureError(f"batch_size must be at least 1, got {batch_size}")
-    context = model_context(model)
-    check_seq_len(context, seq_len, name=model_name(model), allow_long_context=allow_long_context)
+    seq_len, context = row_length(model, seq_len, DEFAULT_SEQ_LEN, name=model_name(model),
+                                  allow_long_context=allow_long_context)
     for it in interventions.values():
         if it is not None:
             it.validate(model)
-    return context
+    return seq_len, context
 
 
 def _oom(exc: Exception, rows: int, pos: int, batch_size: int) -> TLCultureError:
@@ -130,7 +132,7 @@ def token_nlls(
     eval_corpora: Mapping[str, Any],
     interventions: Mapping[K, Intervention | None],
     *,
-    seq_len: int = 256,
+    seq_len: int | None = None,
     batch_size: int = 4,
     max_tokens: int | None = 256,
     progress: bool = True,
@@ -146,7 +148,8 @@ def token_nlls(
         model: a TransformerLens model with a tokenizer (or eval corpora of token rows).
         eval_corpora: eval name -> corpus-like; each is packed into rows of ``seq_len`` tokens.
         interventions: key -> intervention; the keys name the results.
-        seq_len: tokens per row (BOS included).
+        seq_len: tokens per row (BOS included); default `DEFAULT_SEQ_LEN`, or the model's context
+            where that is shorter.
         batch_size: rows per forward.
         max_tokens: scored tokens per eval corpus (None = all).
         progress: show a tqdm bar (scored tokens per second).
@@ -163,7 +166,7 @@ def token_nlls(
         every key), for the eval corpora the key was scored on; and run info (seconds, seq_len,
         max_tokens, batch_size, backend, attention, backend_note where it fell back, scored_tokens).
     """
-    context = _check(model, interventions, seq_len, batch_size, allow_long_context)
+    seq_len, context = _check(model, interventions, seq_len, batch_size, allow_long_context)
     named = as_corpora(eval_corpora)
     names = list(named)
     tok = getattr(model, "tokenizer", None)

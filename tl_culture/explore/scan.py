@@ -29,7 +29,7 @@ from tl_culture.errors import TLCultureError
 from tl_culture.explore.examples import NeuronExamples, neuron_list
 from tl_culture.explore.text import REPLACEMENT, TokenText
 from tl_culture.explore.topk import FIELDS, RunningTopK
-from tl_culture.model.context import check_seq_len, fit_seq_len, model_context
+from tl_culture.model.context import row_length
 from tl_culture.model.forward import run_to_layer
 from tl_culture.model.hooks import MLPHooks
 from tl_culture.model.load import model_device, model_name
@@ -81,9 +81,8 @@ def top_examples(
     if k < 1 or window < 0 or batch_size < 1:
         raise TLCultureError(f"k and batch_size must be at least 1, window at least 0; got {k}, {batch_size}, {window}")
     mlp = MLPHooks.from_model(model)
-    context = model_context(model)
-    seq_len = fit_seq_len(context, DEFAULT_SEQ_LEN) if seq_len is None else seq_len
-    check_seq_len(context, seq_len, name=model_name(model), allow_long_context=allow_long_context)
+    seq_len, _ = row_length(model, seq_len, DEFAULT_SEQ_LEN, name=model_name(model),
+                            allow_long_context=allow_long_context)
     layers, idx = neuron_list(neurons, mlp)
     named = as_corpora(corpora)
     dev = torch.device(device) if device is not None else model_device(model)

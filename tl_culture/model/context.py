@@ -125,5 +125,16 @@ def fit_seq_len(context: Context, default: int) -> int:
     return default if context.limit is None else min(default, context.limit)
 
 
+def row_length(
+    model: Any, seq_len: int | None, default: int, *, name: str = "the model", allow_long_context: bool = False
+) -> tuple[int, Context]:
+    """``(seq_len, context)``: the user's ``seq_len`` checked by `check_seq_len`, or, when it is None,
+    ``default`` fitted to the model's context (`fit_seq_len`)."""
+    context = model_context(model)
+    seq_len = fit_seq_len(context, default) if seq_len is None else seq_len
+    check_seq_len(context, seq_len, name=name, allow_long_context=allow_long_context)
+    return seq_len, context
+
+
 __all__ = ["LEARNED_POSITIONS", "Context", "beyond_training", "check_seq_len", "context_of_config", "fit_seq_len",
-           "model_context"]
+           "model_context", "row_length"]
