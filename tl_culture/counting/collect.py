@@ -44,7 +44,7 @@ from tl_culture.model.context import beyond_training, row_length
 from tl_culture.model.fastpath import NativeForward
 from tl_culture.model.forward import is_oom
 from tl_culture.model.hooks import MLPHooks
-from tl_culture.model.load import model_device, model_name
+from tl_culture.model.load import model_device, model_name, weights_dtype
 
 #: Tokens per row of `collect` unless the model's context is shorter.
 DEFAULT_SEQ_LEN = 512
@@ -282,10 +282,7 @@ def collect_meta(
 ) -> dict[str, Any]:
     """Provenance stored with statistics: what was counted, on which model and text."""
     tok = getattr(model, "tokenizer", None)
-    try:  # the weights' dtype: a TL 4.x bridge's cfg.dtype can say float32 for a bfloat16 model
-        dtype = next(model.parameters()).dtype
-    except (StopIteration, AttributeError, TypeError):
-        dtype = getattr(getattr(model, "cfg", None), "dtype", None)
+    dtype = weights_dtype(model)
     return {
         "model": model_name(model),
         "n_layers": mlp.n_layers,

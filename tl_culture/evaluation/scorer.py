@@ -8,7 +8,7 @@ with an intervention's hooks on the MLP neurons. The hooks path runs ``model(ids
 attached and a log-softmax of its logits; the native path (`tl_culture.model.scoring.NativeScorer`)
 runs the bridge's HF modules with sdpa attention and a fused head. Agreement guaranteed: on a probe
 row, with no edit and with `probe_edit`, every per-token NLL of the native path is within
-``tolerance(dtype)`` of the hooks path's (1e-4 nats in float32); the native path runs only when the
+``TOLERANCE[dtype]`` of the hooks path's (1e-4 nats in float32); the native path runs only when the
 check passes, and the check is redone whenever the model's modules, hooks or weights change.
 """
 
@@ -25,6 +25,7 @@ from tl_culture.errors import TLCultureError
 from tl_culture.intervene.interventions import Edit, Intervention
 from tl_culture.model.bridge import bridge_attention, check_backend, state_signature
 from tl_culture.model.hooks import MLPHooks
+from tl_culture.model.load import weights_dtype
 from tl_culture.model.scoring import NativeScorer, scoring_problem
 
 #: Largest per-token |NLL difference| (nats) between the native and the hooks path that the check accepts.
@@ -34,14 +35,6 @@ PROBE_TOKENS = 64
 
 #: model -> attention -> (state signature, problem or None)
 _CHECKED: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[int, str | None]]] = weakref.WeakKeyDictionary()
-
-
-def weights_dtype(model: Any) -> torch.dtype:
-    """The dtype of the model's weights (a bridge's ``cfg.dtype`` can differ from it)."""
-    try:
-        return next(model.parameters()).dtype
-    except (StopIteration, AttributeError, TypeError):
-        return getattr(getattr(model, "cfg", None), "dtype", None) or torch.float32
 
 
 def token_nll(
@@ -105,7 +98,7 @@ def check_native(scorer: NativeScorer, probe: torch.Tensor, probe_mask: torch.Te
     known = _CHECKED.get(model, {}).get(scorer.attention)
     if known is not None and known[0] == key:
         return known[1]
-    tol = TOLERANCE.get(weights_dtype(model), 0.1)
+    tol = TOLERANCE.get(weights_dtype(model) or torch.float32, 0.1)
     problem = None
     try:
         with torch.inference_mode():
@@ -155,5 +148,4 @@ def choose_scorer(
     return None, {"backend": "hooks", "attention": bridge_attention(model), "backend_note": problem}
 
 
-__all__ = ["PROBE_TOKENS", "TOLERANCE", "check_native", "choose_scorer", "hooks_nll", "probe_edit", "token_nll",
-           "weights_dtype"]
+__all__ = ["PROBE_TOKENS", "TOLERANCE", "check_native", "choose_scorer", "hooks_nll", "probe_edit", "token_nll"]

@@ -155,6 +155,15 @@ def model_name(model: Any) -> str:
     return str(getattr(cfg, "model_name", None) or type(model).__name__)
 
 
+def weights_dtype(model: Any) -> torch.dtype | None:
+    """The dtype of the model's weights (a TL 4.x bridge's ``cfg.dtype`` can say float32 for a
+    bfloat16 model), else ``cfg.dtype``, else None."""
+    try:
+        return next(model.parameters()).dtype
+    except (StopIteration, AttributeError, TypeError):
+        return getattr(getattr(model, "cfg", None), "dtype", None)
+
+
 def model_device(model: Any) -> torch.device:
     """The device of the model's parameters."""
     cfg_dev = getattr(getattr(model, "cfg", None), "device", None)
