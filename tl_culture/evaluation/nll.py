@@ -173,7 +173,7 @@ def token_nlls(
     rows, owner = stack_rows([encode(c, tok, seq_len, pack=True, max_tokens=max_tokens) for c in named.values()])
     plan = _plan(list(interventions), names, evals_of)
     t0 = time.perf_counter()
-    scorer, info = choose_scorer(model, backend, attention, rows.input_ids.to(model_device(model)), rows.count_mask)
+    scorer, info = choose_scorer(model, backend, attention, rows.input_ids, rows.count_mask)
     hooks = {k: None if it is None else it.fwd_hooks(model) for k, it in interventions.items()}
     parts, total = _run_plan(model, scorer, rows, owner, plan, hooks, batch_size, progress=progress, desc=desc)
     nll: dict[K, dict[str, torch.Tensor]] = {k: {} for k in interventions}

@@ -25,7 +25,7 @@ from tl_culture.errors import TLCultureError
 from tl_culture.intervene.interventions import Edit, Intervention
 from tl_culture.model.bridge import bridge_attention, check_backend, state_signature
 from tl_culture.model.hooks import MLPHooks
-from tl_culture.model.load import weights_dtype
+from tl_culture.model.load import model_device, weights_dtype
 from tl_culture.model.scoring import NativeScorer, scoring_problem
 
 #: Largest per-token |NLL difference| (nats) between the native and the hooks path that the check accepts.
@@ -123,6 +123,9 @@ def choose_scorer(
 ) -> tuple[NativeScorer | None, dict[str, Any]]:
     """``(native scorer or None for the hooks path, info for the results' meta)``.
 
+    ``probe`` and ``probe_mask`` are token rows (on any device); the check scores the first
+    `PROBE_TOKENS` tokens of the first row on the model's device.
+
     Tries, in order: native with ``attention`` (default sdpa), native with the bridge's own
     attention (when sdpa was only the default), the hooks (``backend="auto"`` only). Falling back
     is quiet; the reason goes into the info as ``backend_note``.
@@ -134,7 +137,7 @@ def choose_scorer(
     problem = scoring_problem(model, mlp)
     notes = []
     if problem is None:
-        probe, probe_mask = probe[:1, :PROBE_TOKENS], probe_mask[:1, :PROBE_TOKENS]
+        probe, probe_mask = probe[:1, :PROBE_TOKENS].to(model_device(model)), probe_mask[:1, :PROBE_TOKENS]
         for att in [attention or "sdpa"] + ([None] if attention is None else []):
             scorer = NativeScorer(model, mlp, attention=att)
             problem = check_native(scorer, probe, probe_mask)

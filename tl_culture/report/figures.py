@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,13 +283,6 @@ def _opt(m: Any, attr: str) -> np.ndarray | None:
     return None if v is None else np.asarray(v, dtype=np.float64)
 
 
-def _mean_of_finite(x: np.ndarray) -> np.ndarray:
-    """Column means over the finite entries (NaN for a column without any)."""
-    ok = np.isfinite(x)
-    n = ok.sum(axis=0)
-    return np.where(n > 0, np.where(ok, x, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan)
-
-
 def plot_delta_nll(
     m: Any, *, pairs: Mapping[str, str] | None = None, name: str = "delta_nll", title: str | None = None
 ) -> Figure:
@@ -313,7 +307,11 @@ def plot_delta_nll(
         raise TLCultureError(f"NLL matrix delta has shape {delta.shape}, expected ({len(groups)}, {len(evals)})")
     diag = diagonal_mask(groups, evals, pairs)
     ctrl = _opt(m, "control_delta")
-    control_row = _mean_of_finite(ctrl) if ctrl is not None else None
+    control_row = None
+    if ctrl is not None:
+        with warnings.catch_warnings():  # a column where no group has a control stays NaN (blank)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            control_row = np.nanmean(ctrl, axis=0)
     bars = _own_text_bars(m, groups, evals, diag)
     shown = delta if control_row is None else np.vstack([delta, np.full((1, len(evals)), np.nan), control_row[None]])
     rows = groups if control_row is None else [*groups, "", "random (mean)"]
