@@ -55,7 +55,8 @@ CASES = [
     ("filter-rate 0", lambda f, m: ["identify", f["stats"], "--out", "x.safetensors", "--filter-rate", "0"],
      "argument --filter-rate: must be in (0, 1), got 0.0; see tl-culture identify --help"),
     ("corrupted stats", lambda f, m: ["identify", f["junk"], "--out", "x.safetensors"],
-     "{junk}: not a readable tl-culture file (SafetensorError); it may be corrupted or of another format"),
+     "{junk}: not a readable tl-culture file (SafetensorError); it may be corrupted (delete it and compute it again) "
+     "or of another format"),
     ("missing stats", lambda f, m: ["identify", "/no/such/stats.safetensors", "--out", "x.safetensors"],
      "/no/such/stats.safetensors: no such file; check the path"),
     ("neuron file as stats", lambda f, m: ["identify", f["neurons"], "--out", "x.safetensors"],

@@ -57,7 +57,7 @@ def _lines(ranges: str) -> set[int]:
 
 
 def test_summary_has_layer_profiles(tmp_path, tiny_hf_model):
-    from tl_culture.experiment.run import layer_profile
+    from tl_culture.experiment.stages import layer_profile
 
     res = run_experiment(ExperimentConfig(out=str(tmp_path / "run"), seq_len=32, max_tokens=300, top_rate=0.1,
                                           progress=False, evaluate=False, report=False), model=tiny_hf_model)

@@ -89,7 +89,8 @@ def test_a_failing_run_leaves_the_earlier_result(tmp_path, tiny_hf_model):
     with pytest.raises(TLCultureError, match="the report failed"):
         run_experiment(small(out, top_rate=0.2), model=tiny_hf_model, reporter=broken)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left behind
+    # only the work folder is left beside it, for the same run to continue from
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.work", "run"]
 
 
 def test_cultures_need_their_language(tmp_path):

@@ -57,7 +57,7 @@ def test_every_file_round_trips(tmp_path):
     names = sorted(p.relative_to(run.path).as_posix() for p in run.path.rglob("*") if p.is_file())
     assert names == sorted(
         ["stats_language.safetensors", "stats_culture.safetensors", "neurons.txt", "summary.json", "stability.json",
-         "samples.json", "report.html", "neurons/languages.safetensors"]
+         "samples.json", "report.html", "stages.json", "neurons/languages.safetensors"]
         + [f"neurons/{c}.safetensors" for c in CATEGORIES]
         + ["nll/culture.json", "nll/generic.json", "nll/language.json"])
     assert run.figures_dir == run.path / "figures"
@@ -113,7 +113,14 @@ def test_staged_folder_replaces_out_only_on_success(tmp_path):
     with pytest.raises(RuntimeError, match="stage failed"), RunDir.staged(out) as run:
         run.write_summary({"n": 3})
         raise RuntimeError("stage failed")
-    assert RunDir.open(out).read_summary() == {"n": 2} and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # out as it was; the work folder (a copy of out, then the failed run's files) stays for a rerun
+    assert RunDir.open(out).read_summary() == {"n": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.work", "run"]
+    assert RunDir(tmp_path / ".run.work").read_summary() == {"n": 3}
+    with RunDir.staged(out, restart=True) as run:  # restart: an empty work folder
+        assert list(run.path.iterdir()) == []
+        run.write_summary({"n": 4})
+    assert RunDir.open(out).read_summary() == {"n": 4} and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def one_line(exc_info) -> str:
@@ -128,6 +135,8 @@ def test_errors_are_one_line(tmp_path):
     assert one_line(e) == f"{tmp_path / 'nope'}: no such run folder; give the --out folder of `tl-culture run`"
     run = RunDir(tmp_path / "run")
     write_run(run)
+    (run.path / "stages.json").unlink()  # a folder of an earlier version: files read unchecked, then parsed
+    run = RunDir(run.path)
     cases = [
         ("summary.json", "{not json", RunDir.read_summary, r"summary.json: corrupted JSON \(.*\); rerun `tl-culture"),
         ("summary.json", "[1, 2]", RunDir.read_summary, r"summary.json: not a run summary"),
@@ -150,4 +159,52 @@ def test_errors_are_one_line(tmp_path):
     one_line(e)
     with pytest.raises(TLCultureError, match=r"unknown statistics kind 'other'; use one of language, culture") as e:
         run.stats_path("other")
+    one_line(e)
+
+
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "zero-length": lambda p: p.write_bytes(b""),
+    "bit-flipped": flip_a_byte,
+}
+READERS = {
+    "summary.json": RunDir.read_summary,
+    "stability.json": RunDir.read_stability,
+    "samples.json": RunDir.read_samples,
+    "neurons.txt": RunDir.read_neuron_table,
+    "nll/language.json": RunDir.read_nll,
+    "neurons/pure.safetensors": RunDir.read_categories,
+    "stats_culture.safetensors": lambda run: run.read_stats("culture"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.parametrize("name", list(READERS))
+def test_a_damaged_file_is_named_in_one_line_before_use(tmp_path, name, damage):
+    run = RunDir(tmp_path / "run")
+    write_run(run)
+    DAMAGES[damage](run.path / name)
+    with pytest.raises(TLCultureError, match=rf"{name}: does not match the checksum in stages.json \(corrupted or "
+                                             r"changed since the run wrote it\); delete it and rerun the same") as e:
+        READERS[name](RunDir(run.path))
+    one_line(e)
+
+
+def test_a_foreign_file_in_place_of_a_result_is_refused(tmp_path):
+    run = RunDir(tmp_path / "run")
+    write_run(run)
+    other = run.path / "nll" / "culture.json"
+    (run.path / "nll" / "language.json").write_bytes(other.read_bytes())  # a valid file, not the one written
+    with pytest.raises(TLCultureError, match=r"language.json: does not match the checksum"):
+        RunDir(run.path).read_nll()
+    (run.path / "stages.json").write_text("{", encoding="utf-8")
+    with pytest.raises(TLCultureError, match=r"stages.json: corrupted; delete it \(every file of the folder is then "
+                                             r"read unchecked and every stage computed again\)") as e:
+        RunDir(run.path).read_summary()
     one_line(e)

@@ -1,16 +1,23 @@
 """The ``tl-culture`` parser and entry point.
 
 Each subcommand module in `COMMANDS` has ``register(subparsers)``, which adds its parser and sets
-``func(args) -> int``. User errors (`TLCultureError`, bad files, out of memory) print one line
-``tl-culture: error: ...`` and exit 2; ``--debug`` shows the traceback. `main` returns the exit
-code (also for usage errors, ``--help`` and ``--version``), so it can be called in-process.
+``func(args) -> int``. User errors (`TLCultureError`, bad files, a full disk, out of memory) print
+one line ``tl-culture: error: ...`` and exit 2; ``--debug`` shows the traceback. Ctrl-C prints one
+line and exits 130, SIGTERM 143 (a `tl-culture run` stopped either way continues when rerun).
+Warnings print as one line ``tl-culture: note: ...``. `main` returns the exit code (also for usage
+errors, ``--help`` and ``--version``), so it can be called in-process.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 from tl_culture._version import __version__
 from tl_culture.cli import collect, evaluate, explore, identify, neurons, report, run, steer
@@ -56,7 +63,37 @@ def error_line(exc: BaseException) -> str:
         return f"{exc.filename}: no such file; check the path"
     if isinstance(exc, PermissionError):
         return f"{exc.filename}: permission denied; choose another --out"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{exc.filename or 'disk'}: no space left; free some space and rerun the same command"
     return f"unexpected {type(exc).__name__}: {_one_line(exc)[:300]} (rerun with --debug for the traceback)"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that open files and locks are released."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"tl-culture: note: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
+@contextmanager
+def _cli_signals_and_notes():
+    """One-line warnings, and SIGTERM as `Terminated`, for the block (restored after)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+    if in_main:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _note
+            yield
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,11 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    stopped = "outputs written so far are complete files; `tl-culture run` continues where it stopped when rerun"
     try:
-        return int(args.func(args) or 0)
+        with _cli_signals_and_notes():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("tl-culture: interrupted; outputs written so far are complete files", file=sys.stderr)
+        print(f"tl-culture: interrupted; {stopped}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"tl-culture: terminated; {stopped}", file=sys.stderr)
+        return 143
     except Exception as exc:
         if args.debug:
             raise

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from tl_culture._io import PartStore
 from tl_culture.data.corpus import Corpus, as_corpora
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.bootstrap import CI_LEVEL
@@ -195,10 +196,11 @@ def delta_nll(
     backend: str = "auto",
     attention: str | None = None,
     allow_long_context: bool = False,
+    store: PartStore | None = None,
 ) -> NLLMatrix:
     """Δ NLL of ablating each group's neurons, on every eval corpus, with controls.
 
-    Long because it documents the twenty-three settings of the public API; the body is a few calls.
+    Long because it documents the twenty-four settings of the public API; the body is a few calls.
 
     Args:
         model: a TransformerLens model with a tokenizer (or eval corpora of token rows).
@@ -236,6 +238,9 @@ def delta_nll(
         attention: the native path's attention implementation (default sdpa).
         allow_long_context: score rows longer than the positions the model was trained on
             (`tl_culture.model.context`).
+        store: keeps every finished scoring pass (baseline, ablation, control; `token_nlls`) so
+            that a rerun after a crash continues; its settings must fingerprint the model, the
+            corpora, the neurons and these settings (`tl_culture.experiment.run` does).
 
     Returns:
         An `NLLMatrix` (rows = groups, columns = eval corpora).
@@ -254,7 +259,7 @@ def delta_nll(
     evals_of = control_evals(runs, list(named), control_cells, pairs)
     nll, info = _score(model, named, runs, baseline_cache, seq_len=seq_len, batch_size=batch_size,
                        max_tokens=max_tokens, progress=progress, evals_of=evals_of, backend=backend,
-                       attention=attention, allow_long_context=allow_long_context)
+                       attention=attention, allow_long_context=allow_long_context, store=store)
     tok = getattr(model, "tokenizer", None)
     per_unit = {e: _units(c, tok, len(nll[BASELINE][e]), units, min_block, chunk) for e, c in named.items()}
     counts = unit_counts(per_unit, warn=bootstrap > 0)
@@ -293,7 +298,8 @@ def evaluate_categories(
         progress: show progress bars.
         **kwargs: passed to `delta_nll` (seq_len, max_tokens, controls, bootstrap, seed, ...).
             The controls avoid every neuron of every category (``exclude``) unless
-            ``exclude_selected=False``.
+            ``exclude_selected=False``; a ``store`` keeps each category's passes in its own part
+            (`PartStore.child`).
     """
     if mode not in EVAL_MODES:
         raise TLCultureError(f"unknown eval mode {mode!r}; use one of {', '.join(EVAL_MODES)}")
@@ -302,12 +308,14 @@ def evaluate_categories(
     cult_cols = {f"cult:{c}": heldout[f"cult:{c}"] for c in cultures}
     out, baselines = {}, {}  # one baseline per set of eval corpora, shared by the categories
     kwargs.setdefault("exclude", selected_union(*categories.values()))
+    store = kwargs.pop("store", None)
     for name, ns in categories.items():
         if mode == "all":
             cols = dict(heldout)
         else:
             cols = lang_cols if name == "language" else cult_cols
-        out[name] = delta_nll(model, cols, ns, progress=progress, baseline_cache=baselines, pairs=pairs, **kwargs)
+        out[name] = delta_nll(model, cols, ns, progress=progress, baseline_cache=baselines, pairs=pairs,
+                              store=store.child(name) if store is not None else None, **kwargs)
         out[name].meta["eval_mode"] = mode
     return out
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 from jaxtyping import Float, Int
 
+from tl_culture._io import PartStore
 from tl_culture.data.corpus import as_corpora
 from tl_culture.data.rows import TokenRows, encode, stack_rows
 from tl_culture.errors import TLCultureError
@@ -37,33 +38,15 @@ DEFAULT_SEQ_LEN = 256
 
 
 def _score_batch(
-    model: Any,
-    scorer: NativeScorer | None,
-    batch: TokenRows,
-    owner: Int[torch.Tensor, " row"],
-    hooks: Mapping[K, list | None],
-    parts: dict[K, dict[int, list[torch.Tensor]]],
-) -> None:
-    """One batch under every intervention of ``hooks``; appends each row's NLLs to ``parts[key][owner]``.
-
-    The unedited forward runs at most once per batch, for the baseline (hooks None) and for
-    interventions without hooks (an empty group).
-    """
+    model: Any, scorer: NativeScorer | None, batch: TokenRows, fwd_hooks: list | None
+) -> list[Float[torch.Tensor, " tokens"]]:
+    """Per-row NLLs of one batch under one intervention's hooks (None: the unedited model)."""
     dev = model_device(model)
     ids, attn = batch.input_ids.to(dev), batch.attention_mask.to(dev)
     mask = None if bool(attn.all()) else attn.long()
-    plain = None
-    for key, fwd_hooks in hooks.items():
-        if not fwd_hooks and plain is not None:
-            per_row = plain
-        elif scorer is not None:
-            per_row = scorer.nll(ids, batch.count_mask, mask, fwd_hooks or ())
-        else:
-            per_row = hooks_nll(model, ids, batch.count_mask, mask, fwd_hooks or ())
-        if not fwd_hooks:
-            plain = per_row
-        for r, nll in enumerate(per_row):
-            parts[key].setdefault(int(owner[r]), []).append(nll)
+    if scorer is not None:
+        return scorer.nll(ids, batch.count_mask, mask, fwd_hooks or ())
+    return hooks_nll(model, ids, batch.count_mask, mask, fwd_hooks or ())
 
 
 def _plan(keys: list[K], names: list[str], evals_of: Mapping[K, Collection[str]] | None) -> dict[tuple, list[K]]:
@@ -100,31 +83,74 @@ def _oom(exc: Exception, rows: int, pos: int, batch_size: int) -> TLCultureError
     return TLCultureError(f"out of memory scoring {rows} rows x {pos} tokens; {fix}")
 
 
+def _score_unit(
+    model: Any, scorer: NativeScorer | None, rows: TokenRows, owner: Int[torch.Tensor, " row"],
+    sel: Int[torch.Tensor, " row"], fwd_hooks: list | None, batch_size: int, bar: Any,
+) -> dict[int, list[torch.Tensor]]:
+    """One intervention on the rows ``sel`` (batches of ``batch_size``): each row's NLLs by its corpus."""
+    parts: dict[int, list[torch.Tensor]] = {}
+    per_row = rows.count_mask[:, 1:].sum(1)
+    for s in range(0, len(sel), batch_size):
+        b = sel[s : s + batch_size]
+        batch = rows.take(b).trimmed()
+        try:
+            nlls = _score_batch(model, scorer, batch, fwd_hooks)
+        except Exception as exc:
+            if is_oom(exc):
+                raise _oom(exc, len(b), batch.input_ids.shape[1], batch_size) from exc
+            raise
+        for r, nll in zip(owner[b].tolist(), nlls, strict=True):
+            parts.setdefault(r, []).append(nll)
+        bar.update(int(per_row[b].sum()))
+    return parts
+
+
 def _run_plan(
     model: Any, scorer: NativeScorer | None, rows: TokenRows, owner: Int[torch.Tensor, " row"],
-    plan: dict[tuple, list[K]], hooks: Mapping[K, list | None], batch_size: int, *, progress: bool, desc: str,
-) -> tuple[dict[K, dict[int, list[torch.Tensor]]], int]:
-    """Score every key of ``plan`` on the rows of its eval corpora; ``(parts[key][owner], scored tokens)``."""
+    plan: dict[tuple, list[K]], hooks: Mapping[K, list | None], names: list[str], batch_size: int, *,
+    store: PartStore | None, progress: bool, desc: str,
+) -> tuple[dict[K, dict[str, torch.Tensor]], int, int]:
+    """Score every key of ``plan`` on the rows of its eval corpora, one key at a time.
+
+    A unit (key, eval corpora) found in ``store`` is taken from it; a unit scored is put there.
+    The unedited forward runs once per eval subset, shared by the keys without hooks.
+
+    Returns:
+        ``(nll[key][eval name], scored tokens, tokens taken from the store)``.
+    """
     from tqdm.auto import tqdm
 
-    parts: dict[K, dict[int, list[torch.Tensor]]] = {k: {} for ks in plan.values() for k in ks}
     per_row = rows.count_mask[:, 1:].sum(1)
     sel = {idx: torch.nonzero(torch.isin(owner, torch.tensor(idx))).flatten() for idx in plan}
-    total = sum(int(per_row[sel[idx]].sum()) * len(ks) for idx, ks in plan.items())
-    with torch.inference_mode(), tqdm(total=total, desc=desc, unit="tok", unit_scale=True, disable=not progress,
-                                      leave=False) as bar, (scorer.active() if scorer else nullcontext()):
+    size = {idx: int(per_row[sel[idx]].sum()) for idx in plan}
+    nll: dict[K, dict[str, torch.Tensor]] = {}
+    stored = {(idx, k): _stored(store, k, [names[i] for i in idx]) for idx, ks in plan.items() for k in ks}
+    reused = sum(size[idx] for (idx, _), got in stored.items() if got is not None)
+    total = sum(size[idx] * len(ks) for idx, ks in plan.items())
+    with torch.inference_mode(), tqdm(total=total - reused, desc=desc, unit="tok", unit_scale=True,
+                                      disable=not progress, leave=False) as bar, \
+            (scorer.active() if scorer else nullcontext()):
         for idx, keys in plan.items():
-            for s in range(0, len(sel[idx]), batch_size):
-                b = sel[idx][s : s + batch_size]
-                batch = rows.take(b).trimmed()
-                try:
-                    _score_batch(model, scorer, batch, owner[b], {k: hooks[k] for k in keys}, parts)
-                except Exception as exc:
-                    if is_oom(exc):
-                        raise _oom(exc, len(b), batch.input_ids.shape[1], batch_size) from exc
-                    raise
-                bar.update(int(per_row[b].sum()) * len(keys))
-    return parts, total
+            plain = None  # the unedited NLLs of this subset, once computed
+            for k in keys:
+                got = stored[(idx, k)]
+                if got is None and not hooks[k] and plain is not None:
+                    got = plain
+                if got is None:
+                    parts = _score_unit(model, scorer, rows, owner, sel[idx], hooks[k], batch_size, bar)
+                    got = {names[i]: _cat(parts.get(i)) for i in idx}
+                    if store is not None:
+                        store.put(repr(k), got)
+                if not hooks[k]:
+                    plain = got
+                nll[k] = got
+    return nll, total, reused
+
+
+def _stored(store: PartStore | None, key: Hashable, evals: list[str]) -> dict[str, torch.Tensor] | None:
+    """A unit's NLLs kept in ``store`` for exactly these eval corpora, or None."""
+    got = store.get(repr(key)) if store is not None else None
+    return got[0] if got is not None and list(got[0]) == evals else None
 
 
 def token_nlls(
@@ -141,8 +167,11 @@ def token_nlls(
     backend: str = "auto",
     attention: str | None = None,
     allow_long_context: bool = False,
+    store: PartStore | None = None,
 ) -> tuple[dict[K, dict[str, Float[torch.Tensor, " tokens"]]], dict[str, Any]]:
     """Per-token NLLs of eval corpora under every intervention (``None`` = no intervention).
+
+    Long because it documents the thirteen settings of the public API; the body is a few calls.
 
     Args:
         model: a TransformerLens model with a tokenizer (or eval corpora of token rows).
@@ -160,11 +189,16 @@ def token_nlls(
         attention: the native path's attention (default sdpa, falling back to the bridge's own).
         allow_long_context: score rows longer than the positions the model was trained on
             (`tl_culture.model.context`; recorded as ``beyond_trained_positions``).
+        store: keeps each finished (key, eval corpora) unit, keyed by ``repr(key)``, and takes the
+            units it holds instead of scoring them again (a rerun after a crash). Its settings
+            must fingerprint everything the NLLs depend on (model, corpora, settings, the
+            interventions behind each key).
 
     Returns:
         ``nll[key][eval_name]``: ``float64[tokens]`` in row-major token order (the same tokens for
         every key), for the eval corpora the key was scored on; and run info (seconds, seq_len,
-        max_tokens, batch_size, backend, attention, backend_note where it fell back, scored_tokens).
+        max_tokens, batch_size, backend, attention, backend_note where it fell back, scored_tokens,
+        and with a store ``stored_tokens``: how many of them it held).
     """
     seq_len, context = _check(model, interventions, seq_len, batch_size, allow_long_context)
     named = as_corpora(eval_corpora)
@@ -175,13 +209,13 @@ def token_nlls(
     t0 = time.perf_counter()
     scorer, info = choose_scorer(model, backend, attention, rows.input_ids, rows.count_mask)
     hooks = {k: None if it is None else it.fwd_hooks(model) for k, it in interventions.items()}
-    parts, total = _run_plan(model, scorer, rows, owner, plan, hooks, batch_size, progress=progress, desc=desc)
-    nll: dict[K, dict[str, torch.Tensor]] = {k: {} for k in interventions}
-    for idx, keys in plan.items():
-        for k in keys:
-            nll[k] = {names[i]: _cat(parts[k].get(i)) for i in idx}
+    scored, total, reused = _run_plan(model, scorer, rows, owner, plan, hooks, names, batch_size, store=store,
+                                      progress=progress, desc=desc)
+    nll: dict[K, dict[str, torch.Tensor]] = {k: scored.get(k, {}) for k in interventions}
     info.update(seconds=round(time.perf_counter() - t0, 3), seq_len=seq_len, max_tokens=max_tokens,
                 batch_size=batch_size, scored_tokens=total)
+    if store is not None:
+        info["stored_tokens"] = reused
     if beyond_training(context, seq_len):
         info["beyond_trained_positions"] = True
     return nll, info

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool
 
+from tl_culture._io import PartStore
 from tl_culture.data.rows import prompt_ids
 from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.bootstrap import CI_LEVEL, control_seed
@@ -113,10 +114,11 @@ def steer_evals(
     cache: bool | None = None,
     progress: bool = False,
     allow_long_context: bool = False,
+    store: PartStore | None = None,
 ) -> dict[str, SteerEval]:
     """`steer_eval` for several target languages at once: the baseline continuations are shared.
 
-    Long because it documents the sixteen settings of the public API; the body is a few steps.
+    Long because it documents the seventeen settings of the public API; the body is a few steps.
 
     Args:
         model: a TransformerLens model with a tokenizer.
@@ -133,6 +135,10 @@ def steer_evals(
         stop_at_eos: end a continuation at the tokenizer's EOS token.
         progress: print one line per decoded condition.
         allow_long_context: see `tl_culture.intervene.decode.decode`.
+        store: keeps every finished condition (all prompts under one mode, target, condition and
+            draw) and takes those it holds instead of decoding them again (a rerun after a
+            crash); its settings must fingerprint the model, the prompts, the edits and these
+            settings.
     """
     _check(prompts, modes, temperature, controls, max_new_tokens)
     identify = identifier or LanguageIdentifier()
@@ -149,11 +155,12 @@ def steer_evals(
     outputs: dict[str, list[dict[str, Any]]] = {t: [] for t in edits}
     for mode in modes:
         temp = 0.0 if mode == "greedy" else float(temperature)
-        base = _run(model, ids, None, identify, mode, "baseline", 0, temp, dec, progress)
+        base = _run(model, ids, None, identify, mode, "baseline", 0, temp, dec, progress, store, key=mode)
         for target, conds in conditions.items():
             outputs[target] += base
             for cond, draw, edit in conds:
-                outputs[target] += _run(model, ids, edit, identify, mode, cond, draw, temp, dec, progress)
+                outputs[target] += _run(model, ids, edit, identify, mode, cond, draw, temp, dec, progress, store,
+                                        key=f"{mode}/{target}/{cond}/{draw}")
     meta = _meta(model, identify, controls, exclude is not None, modes, temperature, max_new_tokens, top_k, seed,
                  stop_at_eos)
     return {t: SteerEval(t, list(prompts), outputs[t], {**meta, "intervention": edits[t].name,
@@ -175,8 +182,13 @@ def _meta(model: Any, identify: Callable[[str], str], controls: int, excludes: b
 
 
 def _run(model: Any, ids: list[torch.Tensor], edit: Intervention | None, identify: Callable[[str], str], mode: str,
-         cond: str, draw: int, temperature: float, dec: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
-    """Decode every prompt under one condition; one output record per prompt."""
+         cond: str, draw: int, temperature: float, dec: dict[str, Any], progress: bool, store: PartStore | None,
+         key: str) -> list[dict[str, Any]]:
+    """Decode every prompt under one condition; one output record per prompt. The records are
+    taken from ``store`` when it holds ``key``, and kept there when decoded."""
+    kept = store.get(key) if store is not None else None
+    if kept is not None:
+        return kept[1]
     gen = decode(model, ids, edit, temperature=temperature, **dec)
     out = [{"prompt": i, "mode": mode, "condition": cond, "draw": draw, "text": text, "language": identify(text)}
            for i, text in enumerate(_texts(model, gen))]
@@ -184,6 +196,8 @@ def _run(model: Any, ids: list[torch.Tensor], edit: Intervention | None, identif
         langs = Counter(o["language"] for o in out)
         name = edit.name if edit is not None else "no edit"
         print(f"steer_eval: {mode} {cond} {draw} ({name}): {dict(langs.most_common(4))}", flush=True)
+    if store is not None:
+        store.put(key, {}, out)
     return out
 
 

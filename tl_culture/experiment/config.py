@@ -29,6 +29,21 @@ MODEL_FIELDS = ("model", "device", "dtype")
 COLLECT_FIELDS = ("seq_len", "batch_size", "max_tokens", "backend", "attention", "allow_long_context", "progress")
 #: The two sides of an experiment; ``max_tokens`` and ``max_documents`` have a per-side setting each.
 SIDES = ("language", "culture")
+_TEXT = ("max_documents", "max_documents_language", "max_documents_culture", "eval_fraction", "split", "seed")
+_COUNT = ("seq_len", "batch_size", "max_tokens", "max_tokens_language", "max_tokens_culture", "backend", "attention",
+          "allow_long_context")
+_LAPE = ("top_rate", "filter_rate", "activation_bar_ratio")
+#: The settings each stage of a run is made from, in run order (`tl_culture.experiment.resume`):
+#: a rerun into the same folder computes again the stages whose settings (or inputs) changed.
+STAGE_FIELDS = {
+    "count": _TEXT + _COUNT,
+    "selection": (*_LAPE, "pairs"),
+    "examples": ("examples_tokens", "seq_len", "batch_size", "allow_long_context"),
+    "evaluation": ("eval_mode", "eval_tokens", "eval_batch_size", "control_seeds", "control_cells", "bootstrap",
+                   "seq_len", "backend", "attention", "allow_long_context", *_TEXT),
+    "stability": _TEXT + _COUNT + _LAPE,
+    "steering": ("steer_tokens", "control_seeds", "seed", "allow_long_context"),
+}
 
 
 def _opt(help: str, **more: Any) -> dict[str, Any]:
@@ -131,6 +146,10 @@ class ExperimentConfig:
         "new tokens per steering continuation", check="positive"))
     report: bool = field(default=True, metadata=_opt(
         "skip report.html (figures, tables, token views; needs the viz extra)", flag="--no-report"))
+    restart: bool = field(default=False, metadata=_opt(
+        "start over: compute every stage again instead of continuing what an earlier run into --out left "
+        "(a run that crashed or was stopped continues where it stopped; a finished one is reused where its "
+        "settings are unchanged)"))
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -194,6 +213,10 @@ class ExperimentConfig:
         if side is not None:
             kw["max_tokens"] = self.cap("max_tokens", side)
         return kw
+
+    def stage_settings(self, stage: str) -> dict[str, Any]:
+        """The settings ``stage`` of a run is made from (`STAGE_FIELDS`), by name."""
+        return {name: getattr(self, name) for name in STAGE_FIELDS[stage]}
 
     def corpus_specs(self, side: str) -> dict[str, str]:
         """The corpus specs of one side (``languages`` or ``cultures``).
@@ -272,4 +295,4 @@ def _resolve(spec: Any, folder: Path) -> Any:
     return os.path.normpath(local) if local.exists() or text.startswith(".") else spec
 
 
-__all__ = ["CATEGORIES", "COLLECT_FIELDS", "MODEL_FIELDS", "SIDES", "ExperimentConfig"]
+__all__ = ["CATEGORIES", "COLLECT_FIELDS", "MODEL_FIELDS", "SIDES", "STAGE_FIELDS", "ExperimentConfig"]

@@ -1,4 +1,4 @@
-"""One writer per output folder: the lock a run holds from its start to the swap of its folder into place.
+"""One writer per output folder, and the work folder a run writes before it replaces the output folder.
 
 The lock is ``.{out}.lock`` beside the output folder, held with ``fcntl.flock`` (an advisory lock
 the operating system drops when the process ends, also on ``kill -9``) and holding the pid, host
@@ -13,6 +13,10 @@ and start time of its holder, so that:
 
 Both notes are `RuntimeWarning`s. The swap of a finished run into place happens under the lock, so
 two runs cannot interleave it.
+
+`work_folder` holds the lock around a run's work folder, ``.{out}.work`` beside ``out``: it
+survives an error or a crash, the next run into ``out`` continues in it, and it replaces ``out``
+when the run succeeds.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tl_culture._io import DISK_ERRORS, write_error
 from tl_culture.errors import TLCultureError
 
 
@@ -102,4 +108,84 @@ def run_lock(out: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # closing drops the flock
 
 
-__all__ = ["lock_path", "run_lock"]
+def work_path(out: str | os.PathLike) -> Path:
+    """The work folder of a run into ``out``: ``.{out}.work`` beside it."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.work")
+
+
+def _new_work(out: Path, work: Path, adopt: bool) -> None:
+    """Make ``work``: a copy of ``out`` when ``adopt``, else empty.
+
+    The copy is made under a staging name first (removed by the next lock if it dies), with hard
+    links where the file system has them: results are replaced, never written in place.
+    """
+    if not adopt:
+        work.mkdir()
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.rmdir(tmp)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(out, tmp, copy_function=link)
+    os.replace(tmp, work)
+
+
+@contextmanager
+def work_folder(out: str | os.PathLike, *, restart: bool = False, adopt_if: str | None = None,
+                drop: str | None = None) -> Iterator[Path]:
+    """Hold ``out``'s lock around its work folder; move the folder over ``out`` when the block succeeds.
+
+    Args:
+        out: the output folder.
+        restart: remove an existing work folder first.
+        adopt_if: a file name: without a work folder, an ``out`` holding this file is copied into a
+            new one (a finished run that a rerun may partly reuse).
+        drop: a name inside the work folder removed before the swap (what only a rerun needs).
+
+    On an error the work folder stays and ``out`` is left as it was. The old ``out`` is moved aside
+    before the new one moves in and removed after, under the lock.
+    """
+    out = Path(out)
+    with run_lock(out):
+        work = work_path(out)
+        with _disk_errors(work):
+            if restart:
+                shutil.rmtree(work, ignore_errors=True)
+            if not work.is_dir():
+                _new_work(out, work, adopt=not restart and adopt_if is not None and (out / adopt_if).is_file())
+        yield work
+        with _disk_errors(out):
+            if drop:
+                shutil.rmtree(work / drop, ignore_errors=True)
+            backup = None
+            if out.exists():
+                backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, backup)
+            try:
+                os.replace(work, out)
+            except OSError:
+                if backup is not None:
+                    os.replace(backup, out)  # the earlier result back in place
+                raise
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """A full disk or a refused permission in the block as `write_error`'s one line naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise write_error(exc.filename or path, exc) from exc
+        raise
+
+
+__all__ = ["lock_path", "run_lock", "work_folder", "work_path"]

@@ -10,45 +10,48 @@
     language neurons set to their mean x prompts --> steering/{language}.json   (when ``prompts`` is set)
     summary.json, then report.html through the ``reporter`` the caller passes
 
-Each stage is a short function writing through `RunDir`. Everything is written into a staging
-folder beside ``cfg.out`` (`RunDir.staged`); only when every stage has succeeded does it replace
-``cfg.out``, so a failing run never damages an earlier result.
+Each stage is a short function writing through `RunDir` (`tl_culture.experiment.stages`).
+Everything is written into a work folder beside ``cfg.out`` (`RunDir.staged`); only when every
+stage has succeeded does it replace ``cfg.out``, so a failing run never damages an earlier result.
+The same run again after a crash, a kill or Ctrl-C continues where it stopped, and a rerun with
+changed settings computes again only the stages they change (`tl_culture.experiment.resume`);
+``summary.json``'s ``stages`` says which were reused. ``restart`` starts over.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from tl_culture.counting.collect import collect
 from tl_culture.counting.stats import ActivationStats
 from tl_culture.data.corpus import Corpus
 from tl_culture.data.sampling import capped_sample, document_record, documents_used
 from tl_culture.errors import TLCultureError
-from tl_culture.evaluation.delta import evaluate_categories, summarize
-from tl_culture.evaluation.langid import LanguageIdentifier
 from tl_culture.evaluation.matrix import NLLMatrix
 from tl_culture.evaluation.steer_result import SteerEval
-from tl_culture.evaluation.steering import read_prompts, steer_evals
-from tl_culture.experiment.config import CATEGORIES, ExperimentConfig
+from tl_culture.evaluation.steering import read_prompts
+from tl_culture.experiment.config import ExperimentConfig
+from tl_culture.experiment.resume import Resume, stage_inputs
 from tl_culture.experiment.rundir import RunDir
+from tl_culture.experiment.stages import (
+    count_stage,
+    evaluation_stage,
+    examples_stage,
+    run_summary,
+    selection_stage,
+    stability_stage,
+    steering_stage,
+    steering_summary,
+)
 from tl_culture.explore.examples import NeuronExamples
-from tl_culture.explore.scan import top_examples
-from tl_culture.explore.writes import NeuronWrites, direct_effects
-from tl_culture.intervene.controls import selected_union
-from tl_culture.intervene.interventions import set_to
+from tl_culture.explore.writes import NeuronWrites
 from tl_culture.model.context import check_seq_len, model_context
 from tl_culture.model.load import load_model, model_name
-from tl_culture.selection.lape import identify
-from tl_culture.selection.neurons import NeuronSet, culture_categories
-from tl_culture.selection.stability import split_half_stability
+from tl_culture.selection.neurons import NeuronSet
 
 #: Writes the report of a staged run folder with the run's model (`tl_culture.report.write.report_stage`).
 Reporter = Callable[[RunDir, Any], object]
@@ -92,6 +95,21 @@ def split_all(corpora: dict[str, Corpus], cfg: ExperimentConfig) -> tuple[dict[s
     for name, c in corpora.items():
         sel[name], held[name] = c.split(cfg.eval_fraction, cfg.seed, cfg.split)
     return sel, held
+
+
+def run_text(
+    cfg: ExperimentConfig, languages: dict[str, Corpus], cultures: dict[str, Corpus]
+) -> tuple[dict[str, dict[str, Corpus]], dict[str, Corpus]]:
+    """The run's text: selection corpora by side (``{"language": ..., "culture": ...}``) and the
+    held-out corpora as scored, named ``lang:{language}`` and ``cult:{culture}``.
+
+    An eval token cap scores a seeded sample of held-out documents, as counting's cap does.
+    """
+    lang_sel, lang_held = split_all(languages, cfg)
+    cult_sel, cult_held = split_all(cultures, cfg)
+    heldout = {**{f"lang:{k}": capped_sample(v, cfg.eval_tokens, cfg.seed) for k, v in lang_held.items()},
+               **{f"cult:{k}": capped_sample(v, cfg.eval_tokens, cfg.seed) for k, v in cult_held.items()}}
+    return {"language": lang_sel, "culture": cult_sel}, heldout
 
 
 def documents_read(
@@ -142,87 +160,41 @@ def run_experiment(cfg: ExperimentConfig, model: Any = None, *, reporter: Report
     t0 = time.perf_counter()
     languages, cultures = cfg.load_corpora()
     pairs = culture_pairs(cfg, languages, cultures)
-    with RunDir.staged(cfg.out) as run:
+    prompts = read_prompts(cfg.prompts) if cfg.prompts else None
+    with RunDir.staged(cfg.out, restart=cfg.restart) as run:
         if model is None:
             model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         check_seq_len(model_context(model), cfg.seq_len, name=model_name(model),
                       allow_long_context=cfg.allow_long_context)  # before any work
-        lang_sel, lang_held = split_all(languages, cfg)
-        cult_sel, cult_held = split_all(cultures, cfg)
-        # an eval token cap scores a seeded sample of held-out documents, as counting's cap does
-        lang_held = {k: capped_sample(v, cfg.eval_tokens, cfg.seed) for k, v in lang_held.items()}
-        cult_held = {k: capped_sample(v, cfg.eval_tokens, cfg.seed) for k, v in cult_held.items()}
-        run.write_samples(lang_held, cult_held)
-        stats_l, stats_c = count_stage(cfg, model, lang_sel, cult_sel, run)
-        neurons_l, cats = selection_stage(cfg, stats_l, stats_c, pairs, run)
-        explored = examples_stage(cfg, model, lang_sel, cult_sel, neurons_l, cats, run) if cfg.examples else None
-        heldout = {**{f"lang:{k}": v for k, v in lang_held.items()}, **{f"cult:{k}": v for k, v in cult_held.items()}}
-        run.write_documents(documents_read(cfg, model, {"language": lang_sel, "culture": cult_sel}, heldout))
-        nll = evaluation_stage(cfg, model, cats, heldout, pairs, run) if cfg.evaluate else {}
-        stability = stability_stage(cfg, model, lang_sel, cult_sel, run) if cfg.stability else None
-        steering = steering_stage(cfg, model, neurons_l, stats_l, cats, run) if cfg.prompts else None
+        selection, heldout = run_text(cfg, languages, cultures)
+        lang_sel, cult_sel = selection["language"], selection["culture"]
+        resume = Resume(run, stage_inputs(cfg, model, selection, heldout, prompts), cfg.out)
+        resume.warn()
+        resume.drop_absent()
+        run.write_samples({k[5:]: v for k, v in heldout.items() if k.startswith("lang:")},
+                          {k[5:]: v for k, v in heldout.items() if k.startswith("cult:")})
+        stats_l, stats_c = count_stage(cfg, model, lang_sel, cult_sel, run, resume)
+        neurons_l, cats = selection_stage(cfg, stats_l, stats_c, pairs, run, resume)
+        explored = (examples_stage(cfg, model, lang_sel, cult_sel, neurons_l, cats, run, resume)
+                    if cfg.examples else None)
+        run.write_documents(documents_read(cfg, model, selection, heldout))
+        nll = evaluation_stage(cfg, model, cats, heldout, pairs, run, resume) if cfg.evaluate else {}
+        stability = stability_stage(cfg, model, lang_sel, cult_sel, run, resume) if cfg.stability else None
+        steering = (steering_stage(cfg, model, neurons_l, stats_l, cats, run, prompts, resume)
+                    if prompts is not None else None)
         summary = run_summary(cfg, stats_l, stats_c, neurons_l, cats, pairs, nll, stability)
         if steering is not None:
             summary["steering"] = steering_summary(steering)
+        summary["stages"] = resume.summary()
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         run.write_summary(summary)
         if cfg.report and reporter is not None:
             reporter(run, model)
         elif cfg.report:
-            warnings.warn(
-                "no report.html: pass reporter=tl_culture.report.write.report_stage (the CLI does) "
-                "or set report=False",
-                stacklevel=2,
-            )
+            warnings.warn("no report.html: pass reporter=tl_culture.report.write.report_stage (the CLI does) "
+                          "or set report=False", stacklevel=2)
     return ExperimentResult(Path(cfg.out), stats_l, stats_c, cats, heldout, neurons_l, pairs, nll, stability,
                             *(explored or (None, None)), steering=steering)
-
-
-def count_stage(
-    cfg: ExperimentConfig, model: Any, lang_sel: dict[str, Corpus], cult_sel: dict[str, Corpus], run: RunDir
-) -> tuple[ActivationStats, ActivationStats]:
-    """Activation statistics of the language and the culture selection text (``stats_*.safetensors``)."""
-    stats_l = collect(model, lang_sel, **cfg.collect_kwargs("language"))
-    stats_c = collect(model, cult_sel, **cfg.collect_kwargs("culture"))
-    run.write_stats("language", stats_l)
-    run.write_stats("culture", stats_c)
-    return stats_l, stats_c
-
-
-def selection_stage(
-    cfg: ExperimentConfig, stats_l: ActivationStats, stats_c: ActivationStats, pairs: dict[str, str], run: RunDir
-) -> tuple[NeuronSet, dict[str, NeuronSet]]:
-    """LAPE language and culture neurons, and the culture categories (``neurons/``, ``neurons.txt``)."""
-    lape = dict(top_rate=cfg.top_rate, filter_rate=cfg.filter_rate, activation_bar_ratio=cfg.activation_bar_ratio)
-    neurons_l = identify(stats_l, **lape)
-    neurons_c = identify(stats_c, **lape)
-    cats = culture_categories(neurons_l, neurons_c, pairs)
-    run.write_neurons(neurons_l, cats, neuron_report(neurons_l, cats))
-    return neurons_l, cats
-
-
-def examples_stage(
-    cfg: ExperimentConfig,
-    model: Any,
-    lang_sel: dict[str, Corpus],
-    cult_sel: dict[str, Corpus],
-    neurons_l: NeuronSet,
-    cats: dict[str, NeuronSet],
-    run: RunDir,
-) -> tuple[NeuronExamples, NeuronWrites] | None:
-    """Top activating contexts in the selection text (groups ``lang:{language}``, ``cult:{culture}``,
-    ``examples_tokens`` tokens each) and direct effects of every selected neuron (``examples.safetensors``,
-    ``writes.safetensors``); None when no neuron was selected."""
-    chosen = neurons_l.union_mask() | cats["culture"].union_mask()
-    if not bool(chosen.any()):
-        return None
-    corpora = {**{f"lang:{k}": v for k, v in lang_sel.items()}, **{f"cult:{k}": v for k, v in cult_sel.items()}}
-    examples = top_examples(model, corpora, chosen, max_tokens=cfg.examples_tokens, seq_len=cfg.seq_len,
-                            allow_long_context=cfg.allow_long_context,
-                            batch_size=cfg.batch_size, progress=cfg.progress)
-    writes = direct_effects(model, chosen)
-    run.write_examples(examples, writes)
-    return examples, writes
 
 
 def add_examples(run: RunDir, model: Any, examples_tokens: int | None = None) -> tuple[NeuronExamples, NeuronWrites]:
@@ -246,144 +218,3 @@ def add_examples(run: RunDir, model: Any, examples_tokens: int | None = None) ->
     return explored
 
 
-def evaluation_stage(
-    cfg: ExperimentConfig,
-    model: Any,
-    cats: dict[str, NeuronSet],
-    heldout: dict[str, Corpus],
-    pairs: dict[str, str],
-    run: RunDir,
-) -> dict[str, NLLMatrix]:
-    """Δ NLL matrices of every category on the held-out text, each with its `summarize` in its meta."""
-    nll = evaluate_categories(
-        model,
-        cats,
-        heldout,
-        pairs,
-        mode=cfg.eval_mode,
-        progress=cfg.progress,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.eval_batch_size,
-        max_tokens=cfg.eval_tokens,
-        controls=cfg.control_seeds,
-        control_cells=cfg.control_cells,
-        bootstrap=cfg.bootstrap,
-        seed=cfg.seed,
-        backend=cfg.backend,
-        attention=cfg.attention,
-        allow_long_context=cfg.allow_long_context,
-    )
-    for m in nll.values():
-        m.meta["summary"] = summarize(m, pairs)
-    run.write_nll(nll)
-    return nll
-
-
-def stability_stage(
-    cfg: ExperimentConfig, model: Any, lang_sel: dict[str, Corpus], cult_sel: dict[str, Corpus], run: RunDir
-) -> dict[str, dict[str, float]]:
-    """Split-half Jaccard of the language and culture selections (each half gets half the tokens)."""
-    lape = dict(top_rate=cfg.top_rate, filter_rate=cfg.filter_rate, activation_bar_ratio=cfg.activation_bar_ratio)
-    out = {}
-    for side, sel in (("language", lang_sel), ("culture", cult_sel)):
-        cap = cfg.cap("max_tokens", side)
-        half = None if cap is None else max(1, cap // 2)
-        kw = dict(cfg.collect_kwargs(), seed=cfg.seed, max_tokens=half, **lape)
-        out[side] = split_half_stability(model, sel, **kw)
-    run.write_stability(out)
-    return out
-
-
-def steering_stage(
-    cfg: ExperimentConfig,
-    model: Any,
-    neurons_l: NeuronSet,
-    stats_l: ActivationStats,
-    cats: dict[str, NeuronSet],
-    run: RunDir,
-) -> dict[str, SteerEval]:
-    """Measured steering (``steering/{language}.json``) of every language group the identifier knows.
-
-    Each language's neurons are set to their mean activation on that language (``stats_language``),
-    the prompts continued greedily for ``steer_tokens`` tokens; the controls (``control_seeds``
-    draws) edit random neurons outside every neuron selected in the run.
-    """
-    prompts = read_prompts(cfg.prompts)
-    ident = LanguageIdentifier()
-    edits, skipped = {}, []
-    for g in neurons_l.groups:
-        if g in ident.labels and bool(neurons_l.mask(g).any()):
-            edits[g] = set_to(neurons_l, g, stats_l)
-        else:
-            skipped.append(g)
-    if skipped:
-        warnings.warn(f"steering: no measurement for {skipped} (no neurons, or a name that is not a language "
-                      "code the identifier knows)", stacklevel=2)
-    exclude = selected_union(neurons_l, *cats.values())
-    evals = steer_evals(model, prompts, edits, controls=cfg.control_seeds, exclude=exclude, modes=("greedy",),
-                        allow_long_context=cfg.allow_long_context,
-                        max_new_tokens=cfg.steer_tokens, seed=cfg.seed, identifier=ident, progress=cfg.progress)
-    run.write_steering(evals)
-    return evals
-
-
-def steering_summary(evals: dict[str, SteerEval]) -> dict[str, dict[str, Any]]:
-    """Per target language, the rates and CIs at the top of its ``steering/*.json``."""
-    keep = ("n_prompts", "baseline_rate", "baseline_ci", "steered_rate", "steered_ci", "control_rate", "control_ci",
-            "steered_minus_control", "steered_minus_control_ci")
-    return {t: {k: v for k, v in ev.to_dict().items() if k in keep} for t, ev in evals.items()}
-
-
-def run_summary(
-    cfg: ExperimentConfig,
-    stats_l: ActivationStats,
-    stats_c: ActivationStats,
-    neurons_l: NeuronSet,
-    cats: dict[str, NeuronSet],
-    pairs: dict[str, str],
-    nll: dict[str, NLLMatrix],
-    stability: dict[str, dict[str, float]] | None,
-) -> dict[str, Any]:
-    """``summary.json`` without its ``seconds``: settings, model, token and neuron counts, Δ NLL summaries."""
-    summary = {
-        "config": asdict(cfg),
-        "model": stats_l.meta.get("model"),
-        "counted_with": {k: stats_l.meta.get(k) for k in ("backend", "attention", "dtype")},
-        "n_layers": stats_l.n_layers,
-        "d_mlp": stats_l.d_mlp,
-        "tokens_language": dict(zip(stats_l.groups, stats_l.tokens.tolist())),
-        "tokens_culture": dict(zip(stats_c.groups, stats_c.tokens.tolist())),
-        "neurons": {name: ns.counts() for name, ns in {"languages": neurons_l, **cats}.items()},
-        "layers": {name: layer_profile(ns) for name, ns in {"languages": neurons_l, **cats}.items()},
-        "pairs": pairs,
-    }
-    if nll:
-        summary["nll"] = {name: m.meta.get("summary", {}) for name, m in nll.items()}
-    if stability is not None:
-        summary["stability"] = stability
-    return summary
-
-
-def layer_profile(ns: NeuronSet) -> dict[str, Any]:
-    """Where a set's neurons sit: the union over groups per layer, and its mean relative depth.
-
-    Depth of layer l is l / (n_layers − 1) (0 = first, 1 = last); the mean is over the union's neurons.
-    """
-    per_layer = ns.masks.any(0).sum(1)
-    total = int(per_layer.sum())
-    depth = None
-    if total and ns.n_layers > 1:
-        rel = torch.arange(ns.n_layers, dtype=torch.float64) / (ns.n_layers - 1)
-        depth = round(float((per_layer.double() * rel).sum() / total), 5)
-    return {"union_per_layer": per_layer.tolist(), "union": total, "mean_relative_depth": depth}
-
-
-def neuron_report(languages: NeuronSet, categories: dict[str, NeuronSet]) -> str:
-    """The plain-text neuron tables of a run."""
-    parts = ["# Language neurons (LAPE on the language corpora)", languages.table(), ""]
-    for name in CATEGORIES:
-        parts += [f"# {name}", categories[name].table(), ""]
-    j = categories["culture"].jaccard(categories["language"])
-    parts.append("# Jaccard(culture_c, language_l(c)) per culture")
-    parts.append(json.dumps({g: round(float(j[i, i]), 4) for i, g in enumerate(categories["culture"].groups)}))
-    return "\n".join(parts) + "\n"

@@ -15,10 +15,13 @@
     writes.safetensors               their direct effects on the logits (`NeuronWrites`)
     report.html, figures/            the report
     explorer.html                    the neuron explorer alone (`tl-culture explore`)
+    stages.json                      every file's checksum, and what each stage was made from
 
-A run is written into a staging folder beside its destination (`RunDir.staged`), which replaces
+A run is written into a work folder beside its destination (`RunDir.staged`), which replaces
 the destination only when every stage has succeeded, so a failing run never damages an earlier
-result. Readers raise `TLCultureError` with a one-line message naming the file.
+result; the work folder outlives a crash, so that the same run continues from it. Every file
+written is recorded in ``stages.json`` (`tl_culture.experiment.manifest`) and checked when read
+back. Readers raise `TLCultureError` with a one-line message naming the file.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +42,8 @@ from tl_culture.errors import TLCultureError
 from tl_culture.evaluation.matrix import NLLMatrix
 from tl_culture.evaluation.steer_result import SteerEval
 from tl_culture.experiment.config import CATEGORIES
-from tl_culture.experiment.lock import run_lock
+from tl_culture.experiment.lock import work_folder
+from tl_culture.experiment.manifest import MANIFEST_FILE, Manifest
 from tl_culture.explore.examples import NeuronExamples
 from tl_culture.explore.writes import NeuronWrites
 from tl_culture.selection.neurons import NeuronSet
@@ -110,8 +113,13 @@ class RunDir:
     EXPLORER = "explorer.html"
     STEERING = "steering"
 
+    #: Units of unfinished stages (collect checkpoints, scored passes, steering conditions);
+    #: removed when the run succeeds.
+    PARTS = ".parts"
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self.manifest = Manifest(self.path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -126,28 +134,24 @@ class RunDir:
 
     @classmethod
     @contextmanager
-    def staged(cls, out: str | os.PathLike) -> Iterator[RunDir]:
-        """A fresh folder beside ``out`` that replaces ``out`` when the block ends without error.
+    def staged(cls, out: str | os.PathLike, restart: bool = False) -> Iterator[RunDir]:
+        """The work folder of a run into ``out`` (`tl_culture.experiment.lock.work_folder`), which
+        replaces ``out`` when the block ends without error and outlives a crash for the next run to
+        continue from; ``restart`` starts it empty. Parts of unfinished stages are not moved."""
+        with work_folder(out, restart=restart, adopt_if=MANIFEST_FILE, drop=cls.PARTS) as work:
+            yield cls(work)
 
-        The block holds ``out``'s lock (`tl_culture.experiment.lock.run_lock`): a second run into
-        the same folder is refused, and what a run that died left beside it is removed. On an
-        error the staging folder is removed and ``out`` is left as it was.
+    def parts(self, stage: str, settings: str) -> Path:
+        """The parts folder of an unfinished stage computed with ``settings`` (a fingerprint).
+
+        Parts of the same stage made with other settings are removed.
         """
-        out = Path(out)
-        with run_lock(out):
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-            try:
-                yield cls(tmp)
-                backup = None
-                if out.exists():
-                    backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-                    os.replace(out, backup)
-                os.replace(tmp, out)
-                if backup is not None:
-                    shutil.rmtree(backup, ignore_errors=True)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
+        root = self.path / self.PARTS
+        keep = root / f"{stage}-{settings[:16]}"
+        for old in root.glob(f"{stage}-*") if root.is_dir() else ():
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+        return keep
 
     # ------------------------------------------------------------------ paths
     @property
@@ -192,37 +196,50 @@ class RunDir:
         return self.nll_dir / f"{category}.json"
 
     # ------------------------------------------------------------------ writing
-    def write_stats(self, kind: str, stats: ActivationStats) -> None:
-        stats.save(self.stats_path(kind))
+    def _wrote(self, *paths: Path) -> list[Path]:
+        """Record the checksums of files just written (`Manifest.record`); return their paths."""
+        self.manifest.record(*paths)
+        return list(paths)
 
-    def write_neurons(self, languages: NeuronSet, categories: Mapping[str, NeuronSet], table: str) -> None:
+    def write_stats(self, kind: str, stats: ActivationStats) -> list[Path]:
+        stats.save(self.stats_path(kind))
+        return self._wrote(self.stats_path(kind))
+
+    def write_neurons(self, languages: NeuronSet, categories: Mapping[str, NeuronSet], table: str) -> list[Path]:
         """The language neurons, every category and the text tables (``neurons.txt``)."""
         (self.path / self.NEURONS).mkdir(parents=True, exist_ok=True)
         languages.save(self.neurons_path(self.LANGUAGE_NEURONS))
         for name, ns in categories.items():
             ns.save(self.neurons_path(name))
         write_text_atomic(self.neuron_table_path, table)
+        names = [self.LANGUAGE_NEURONS, *categories]
+        return self._wrote(*(self.neurons_path(n) for n in names), self.neuron_table_path)
 
-    def write_nll(self, matrices: Mapping[str, NLLMatrix]) -> None:
+    def write_nll(self, matrices: Mapping[str, NLLMatrix]) -> list[Path]:
         self.nll_dir.mkdir(parents=True, exist_ok=True)
         for name, m in matrices.items():
             m.save(self.nll_path(name))
+        return self._wrote(*(self.nll_path(name) for name in matrices))
 
-    def write_steering(self, evals: Mapping[str, SteerEval]) -> None:
+    def write_steering(self, evals: Mapping[str, SteerEval]) -> list[Path]:
         """``steering/{language}.json``, one `SteerEval` per target language."""
         (self.path / self.STEERING).mkdir(parents=True, exist_ok=True)
         for target, ev in evals.items():
             ev.save(self.path / self.STEERING / f"{target}.json")
+        return self._wrote(*(self.path / self.STEERING / f"{target}.json" for target in evals))
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_summary(self, summary: Mapping[str, Any]) -> list[Path]:
         write_json_atomic(self.summary_path, summary)
+        return self._wrote(self.summary_path)
 
-    def write_stability(self, stability: Mapping[str, Mapping[str, float]]) -> None:
+    def write_stability(self, stability: Mapping[str, Mapping[str, float]]) -> list[Path]:
         write_json_atomic(self.stability_path, stability)
+        return self._wrote(self.stability_path)
 
     def write_documents(self, record: Mapping[str, Any]) -> None:
         """``documents.json``: the documents each stage read (`tl_culture.data.sampling.document_record`)."""
         write_json_atomic(self.path / self.DOCUMENTS, record)
+        self._wrote(self.path / self.DOCUMENTS)
 
     def read_documents(self) -> dict[str, Any] | None:
         """``documents.json``, or None for a folder written without it."""
@@ -241,11 +258,13 @@ class RunDir:
         body = {kind: {name: first(c) for name, c in held.items()}
                 for kind, held in zip(SAMPLE_KINDS, (languages, cultures), strict=True)}
         write_json_atomic(self.samples_path, {"format": SAMPLES_FORMAT, **body})
+        self._wrote(self.samples_path)
 
-    def write_examples(self, examples: NeuronExamples, writes: NeuronWrites) -> None:
+    def write_examples(self, examples: NeuronExamples, writes: NeuronWrites) -> list[Path]:
         """The selected neurons' top contexts and direct effects (the report's neuron explorer)."""
         examples.save(self.path / self.EXAMPLES)
         writes.save(self.path / self.WRITES)
+        return self._wrote(self.path / self.EXAMPLES, self.path / self.WRITES)
 
     def write_report(self, html: str) -> Path:
         """``report.html`` (atomic); returns its path."""
@@ -256,7 +275,7 @@ class RunDir:
     def _need(self, path: Path, what: str) -> Path:
         if not path.is_file():
             raise TLCultureError(f"{path}: missing {what}; is this a run folder written by `tl-culture run`?")
-        return path
+        return self.manifest.check(path)
 
     def _json(self, path: Path, what: str) -> Any:
         try:
@@ -284,17 +303,17 @@ class RunDir:
             return {}
         order = {c: i for i, c in enumerate(CATEGORIES)}
         paths = sorted(self.nll_dir.glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
-        return {p.stem: NLLMatrix.load(p) for p in paths}
+        return {p.stem: NLLMatrix.load(self.manifest.check(p)) for p in paths}
 
     def read_stats(self, kind: str) -> ActivationStats | None:
         """``stats_{kind}.safetensors``, or None when the file is absent."""
         path = self.stats_path(kind)
-        return ActivationStats.load(path) if path.is_file() else None
+        return ActivationStats.load(self.manifest.check(path)) if path.is_file() else None
 
     def read_neuron_table(self) -> str:
         """``neurons.txt``, or ``""`` when absent."""
         path = self.neuron_table_path
-        return path.read_text(encoding="utf-8") if path.is_file() else ""
+        return self.manifest.check(path).read_text(encoding="utf-8") if path.is_file() else ""
 
     def read_stability(self) -> dict[str, dict[str, float]] | None:
         """``stability.json``, or None when the run did not measure it."""
@@ -317,14 +336,15 @@ class RunDir:
     def read_examples(self) -> tuple[NeuronExamples | None, NeuronWrites | None]:
         """``(examples, writes)``; each None when its file is absent."""
         ex, wr = self.path / self.EXAMPLES, self.path / self.WRITES
-        return (NeuronExamples.load(ex) if ex.is_file() else None, NeuronWrites.load(wr) if wr.is_file() else None)
+        return (NeuronExamples.load(self.manifest.check(ex)) if ex.is_file() else None,
+                NeuronWrites.load(self.manifest.check(wr)) if wr.is_file() else None)
 
     def read_steering(self) -> dict[str, SteerEval] | None:
         """Every ``steering/*.json`` by target language (sorted), or None without the folder."""
         folder = self.path / self.STEERING
         if not folder.is_dir():
             return None
-        return {p.stem: SteerEval.load(p) for p in sorted(folder.glob("*.json"))}
+        return {p.stem: SteerEval.load(self.manifest.check(p)) for p in sorted(folder.glob("*.json"))}
 
     def load(self) -> RunContents:
         """Everything the report shows (see `RunContents`)."""
