@@ -167,26 +167,42 @@ def reset_peak_rss() -> None:
 
 
 # --------------------------------------------------------------------------- timing
+def sync(device: torch.device | str | None = None) -> None:
+    """Wait for the GPU's queued work (timings of asynchronous CUDA calls would end too early)."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize()
+
+
 def interleaved(
-    methods: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True, extra: Callable[[], None] | None = None
+    methods: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True, extra: Callable[[], None] | None = None,
+    cuda_peaks: dict[str, float] | None = None,
 ) -> dict[str, list[float]]:
     """Wall seconds of each method, ``repeats`` rounds, rotating the order every round.
 
     On a shared machine, load changes over minutes; running every method once per round (in a
     rotating order) exposes all of them to the same load, so medians and ratios stay comparable.
-    ``extra`` runs once per round (e.g. a matmul FLOP/s probe).
+    ``extra`` runs once per round (e.g. a matmul FLOP/s probe). On a GPU every call is timed up
+    to `sync`, and ``cuda_peaks`` (when given) gets each method's peak of
+    ``torch.cuda.max_memory_allocated`` in MiB over its rounds.
     """
     names = list(methods)
     if warmup:
         for name in names:
             methods[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
+    gpu = torch.cuda.is_available()
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            sync()
+            if gpu:
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             methods[name]()
+            sync()
             times[name].append(time.perf_counter() - t0)
+            if gpu and cuda_peaks is not None:
+                cuda_peaks[name] = max(cuda_peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**20)
         if extra is not None:
             extra()
     return times
@@ -197,21 +213,24 @@ def median(xs: Sequence[float]) -> float:
 
 
 def matmul_flops(
-    n: int = 2048, repeats: int = 5, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    n: int | None = None, repeats: int = 5, device: torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> float:
-    """Median FLOP/s of an ``n x n @ n x n`` matmul in ``dtype`` on ``device`` (2 n^3 FLOPs each)."""
-    device = device or torch.device("cpu")
+    """Median FLOP/s of an ``n x n @ n x n`` matmul in ``dtype`` on ``device`` (2 n^3 FLOPs each).
+
+    ``n`` defaults to 2048 on a CPU and 8192 on a GPU (a smaller product leaves a GPU idle between
+    kernels), so the result is the device's attainable matmul peak in that dtype.
+    """
+    device = torch.device(device or "cpu")
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
     ts = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         ts.append(time.perf_counter() - t0)
     return 2 * n**3 / median(ts)
 

@@ -11,10 +11,11 @@ Every method scores the same rows (``--tokens`` tokens of multilingual FLORES te
   intervention), what a user would write without tl-culture.
 
 The methods run ``--repeats`` rounds interleaved in one process (`_common.interleaved`); the table
-reports medians and each method's ratio to the floor, with the peak resident memory each pass adds
-over the memory before it (Linux VmHWM, reset before every pass) and the fraction of this machine's
-matmul rate in the model's dtype (a 2048² matmul, measured once per round) that the unembedding and
-body FLOPs reach.
+reports medians and each method's ratio to the floor, with the peak memory each pass adds over the
+memory before it (on a CPU the resident memory, Linux VmHWM reset before every pass; on a GPU
+``torch.cuda.max_memory_allocated`` over the model and rows, with the total as ``peak_cuda_mib``)
+and the fraction of this machine's matmul rate in the model's dtype (`_common.matmul_flops`,
+measured once per round) that the unembedding and body FLOPs reach.
 
     python benchmarks/evaluation.py --model default --tokens 2048 --seq-len 256 --batch-size 4 --repeats 3
 """
@@ -98,7 +99,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fns = methods(args, model, hf, rows)
     info = fns.pop("info")
     flops: list[float] = []
-    times = C.interleaved(fns, args.repeats, extra=lambda: flops.append(C.matmul_flops(device=dev, dtype=dtype)))
+    cuda_peaks: dict[str, float] = {}
+    base_mib = torch.cuda.memory_allocated() / 2**20 if dev.type == "cuda" else 0.0  # model and rows
+    times = C.interleaved(fns, args.repeats, extra=lambda: flops.append(C.matmul_flops(device=dev, dtype=dtype)),
+                          cuda_peaks=cuda_peaks)
     scored = int(rows.shape[0] * (rows.shape[1] - 1))
     med = {m: C.median(times[m]) for m in METHODS}
     per_token = C.body_flops_per_token(model.cfg, args.seq_len) + C.unembed_flops_per_token(model.cfg)
@@ -106,8 +110,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = {m: {"seconds": times[m], "median_s": med[m], "scored_tokens_per_s": scored / med[m],
                    "vs_hf_floor": med["hf_floor"] / med[m], "matmul_peak_fraction": per_token * scored / med[m] / peak}
                for m in METHODS}
-    for m, mib in peak_memory(fns).items():
-        results[m]["peak_mib_over_start"] = mib
+    if dev.type == "cuda":
+        for m in METHODS:
+            results[m]["peak_cuda_mib"] = cuda_peaks[m]
+            results[m]["peak_mib_over_start"] = cuda_peaks[m] - base_mib
+    else:
+        for m, mib in peak_memory(fns).items():
+            results[m]["peak_mib_over_start"] = mib
     return {
         "benchmark": "evaluation", "command": C.command_line("evaluation.py", args), "machine": C.machine_info(),
         "model": args.model, "model_name": str(model.cfg.model_name), "dtype": str(dtype).replace("torch.", ""),

@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(methods)}")
         methods = {k: v for k, v in methods.items() if k in keep}
 
-    flops_probe: list[float] = [C.matmul_flops(device=dev)]
+    flops_probe: list[float] = [C.matmul_flops(device=dev, dtype=dtype)]
+    cuda_peaks: dict[str, float] = {}
     results: dict[str, Any] = {}
 
     def record(name: str, fn: Any) -> Any:
@@ -186,7 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return out
 
     timed = {name: (lambda n=name, f=fn: record(n, f)) for name, fn in methods.items()}
-    times = C.interleaved(timed, args.repeats, extra=lambda: flops_probe.append(C.matmul_flops(device=dev)))
+    probe = lambda: flops_probe.append(C.matmul_flops(device=dev, dtype=dtype))  # noqa: E731
+    times = C.interleaved(timed, args.repeats, extra=probe, cuda_peaks=cuda_peaks)
     peak = C.median(flops_probe)
     body = C.body_flops_per_token(model.cfg, args.seq_len)
     unembed = C.unembed_flops_per_token(model.cfg)
@@ -214,6 +216,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "entries_differing": int((diff > 0).sum()),
                 "entries": int(diff.numel()),
             }
+        if name in cuda_peaks:
+            entry["peak_cuda_mib"] = cuda_peaks[name]
         per_method[name] = entry
 
     def ratio(a: str, b: str) -> float | None:
