@@ -189,3 +189,25 @@ def test_small_shared_data_config_dry_runs(shared_data, tmp_path, capsys):
         folder = shared_data / ("flores" if p.side == "language" else "murel")
         source = folder / (f"{p.name}.txt" if p.side == "language" else p.name)
         assert p.documents == p.total_documents == len(load_corpus(source)), p
+
+
+def test_check_out_says_what_a_run_would_continue_from(tmp_path):
+    from tl_culture.experiment.dryrun import check_out
+    from tl_culture.experiment.lock import work_path
+    from tl_culture.experiment.manifest import Manifest
+
+    out = tmp_path / "run"
+    assert check_out(str(out)) == f"{out} (created when every stage has succeeded)"
+    work = work_path(out)
+    work.mkdir()
+    (work / "stats_language.safetensors").write_bytes(b"x")
+    m = Manifest(work)
+    m.record(work / "stats_language.safetensors")
+    m.finish("count", {"settings": {}}, [work / "stats_language.safetensors"])
+    m.start("selection", {"settings": {}})
+    assert check_out(str(out)) == (
+        f"{out} (created when every stage has succeeded); an unfinished run there has finished count: stages whose "
+        "settings, model and text are unchanged are reused (--restart starts over)")
+    (work / "stages.json").write_text("{", encoding="utf-8")
+    assert check_out(str(out)).endswith(f"; {work / 'stages.json'}: corrupted; delete it (every file of the folder "
+                                        "is then read unchecked and every stage computed again)")

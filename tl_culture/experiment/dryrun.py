@@ -32,7 +32,9 @@ import torch
 
 from tl_culture.data.corpus import Corpus, demo_corpora, load_corpus, parse_hf_spec
 from tl_culture.errors import TLCultureError
-from tl_culture.experiment.config import CATEGORIES, SIDES, ExperimentConfig
+from tl_culture.experiment.config import CATEGORIES, SIDES, STAGE_FIELDS, ExperimentConfig
+from tl_culture.experiment.lock import work_path
+from tl_culture.experiment.manifest import Manifest
 from tl_culture.experiment.run import culture_pairs
 from tl_culture.model.context import beyond_training, check_seq_len, context_of_config
 from tl_culture.model.load import DEFAULT_MODEL, DEFAULT_MODEL_FOLDER, cache_dir, local_model_path, parse_dtype
@@ -298,7 +300,23 @@ def check_out(out: str) -> str:
     parent = next(p for p in path.absolute().parents if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise TLCultureError(f"cannot create --out {out}: {parent} is not writable; choose another --out")
-    return f"{out} ({'exists; replaced' if path.exists() else 'created'} when every stage has succeeded)"
+    what = f"{out} ({'exists; replaced' if path.exists() else 'created'} when every stage has succeeded)"
+    return what + _resumable(path)
+
+
+def _resumable(out: Path) -> str:
+    """What a run into ``out`` would continue from: an unfinished run's work folder, or a finished run."""
+    work, finished = work_path(out), Manifest(out).path.is_file()
+    folder = work if work.is_dir() else out if finished else None
+    if folder is None:
+        return ""
+    try:
+        stages = [s for s in STAGE_FIELDS if (Manifest(folder).stage(s) or {}).get("files") is not None]
+    except TLCultureError as exc:
+        return f"; {exc}"
+    which = "an unfinished run" if folder == work else "a finished run"
+    return (f"; {which} there has finished {', '.join(stages) or 'no stage'}: stages whose settings, model and text "
+            "are unchanged are reused (--restart starts over)")
 
 
 def _exists(spec: str) -> bool:
