@@ -177,6 +177,9 @@ def test_report_errors(run_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
     (broken / "summary.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(TLCultureError, match=r"summary.json: does not match the checksum in stages.json"):
+        write_report(broken)  # the run's checksums catch it first
+    (broken / "stages.json").unlink()  # a folder of an earlier version: then the parse names it
     with pytest.raises(TLCultureError, match=r"summary.json: corrupted JSON .*; rerun `tl-culture run`"):
         write_report(broken)
     shutil.copy(run_dir / "summary.json", broken / "summary.json")
