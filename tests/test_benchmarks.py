@@ -268,3 +268,15 @@ def test_decode_smoke(tiny_hf_dir, tmp_path):
                                                                                      "cached_b2"]
     assert all(r["same_tokens_as_uncached"] and r["new_tokens"] == 12 for r in out["results"])
     assert json.loads((tmp_path / "dec.json").read_text())["benchmark"] == "decode"
+
+
+def test_resume_benchmark_on_the_tiny_model(tiny_hf_dir, tmp_path):
+    run = ["--model", str(tiny_hf_dir), "--device", "cpu", "--seq-len", "32", "--max-tokens", "300", "--top-rate",
+           "0.1", "--eval-tokens", "64", "--eval-batch-size", "1", "--no-report", "--no-examples"]
+    out = _load("resume").main(["--kill-at", "0.6", "--workdir", str(tmp_path), "--out", str(tmp_path / "r.json"), "--",
+                                *run])
+    assert out["bit_identical"] is True and out["clean_s"] > out["killed_after_s"] > 0
+    assert set(out["stages"]) == {"count", "selection", "evaluation"}
+    assert out["command"].endswith("-- --model " + str(tiny_hf_dir) + " --device cpu --seq-len 32 --max-tokens 300 "
+                                   "--top-rate 0.1 --eval-tokens 64 --eval-batch-size 1 --no-report --no-examples")
+    assert json.loads((tmp_path / "r.json").read_text())["rerun_s"] == out["rerun_s"]
