@@ -109,3 +109,10 @@ def test_part_store_keeps_units_of_its_settings_only(tmp_path):
     flip.write_bytes(bytes(data))
     with pytest.raises(TLCultureError, match="fails its checksum"):  # never used silently
         store.get("Run(kind='ablate', group='en/x', control=0)")
+
+
+def test_part_store_records_keep_what_the_tensors_order_loses(tmp_path):
+    store = PartStore(tmp_path, "s")
+    store.put("k", {"lang:en": torch.zeros(1), "cult:zh": torch.ones(1)}, {"evals": ["lang:en", "cult:zh"]})
+    tensors, record = store.get("k")
+    assert sorted(tensors) == ["cult:zh", "lang:en"] and record["evals"] == ["lang:en", "cult:zh"]

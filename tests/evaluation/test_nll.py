@@ -119,3 +119,26 @@ def test_out_of_memory_while_scoring_is_one_line_with_the_batch_size_to_try(tiny
                                              r"\(1: --eval-batch-size for run, --batch-size for evaluate\)$"):
         token_nlls(tiny_hf_model, three_corpora(), {"base": None}, seq_len=8, batch_size=2, max_tokens=None,
                    progress=False, backend="hooks")
+
+
+def test_a_store_keeps_every_pass_and_a_rerun_scores_none_again(tiny_hf_model, tmp_path, monkeypatch):
+    import tl_culture.evaluation.nll as nll_module
+    from tl_culture._io import PartStore
+
+    masks = torch.zeros(1, 2, 48, dtype=torch.bool)
+    masks[0, 1, 5:20] = True
+    ints = {"base": None, "g": ablate(NeuronSet(["g"], masks), "g")}
+    kw = dict(seq_len=8, max_tokens=None, progress=False, batch_size=2, evals_of={"g": ["ru", "en"]})
+    first, info = token_nlls(tiny_hf_model, three_corpora(), ints, store=PartStore(tmp_path, "s"), **kw)
+    assert info["stored_tokens"] == 0 and len(PartStore(tmp_path, "s")) == 2
+    calls = []
+    real = nll_module._score_batch
+    monkeypatch.setattr(nll_module, "_score_batch", lambda *a: calls.append(1) or real(*a))
+    again, info = token_nlls(tiny_hf_model, three_corpora(), ints, store=PartStore(tmp_path, "s"), **kw)
+    assert calls == [] and info["stored_tokens"] == info["scored_tokens"] > 0
+    assert list(again["base"]) == ["en", "de", "ru"] and list(again["g"]) == ["en", "ru"]  # the corpora's order
+    for k in ints:
+        for e in first[k]:
+            assert torch.equal(again[k][e], first[k][e])
+    other, info = token_nlls(tiny_hf_model, three_corpora(), ints, store=PartStore(tmp_path, "other"), **kw)
+    assert info["stored_tokens"] == 0 and len(calls) > 0  # units of other settings are not used

@@ -167,6 +167,8 @@ def test_a_run_killed_inside_the_evaluation_keeps_its_finished_passes(tmp_path, 
         "count": "reused", "selection": "reused", "evaluation": "continued", "stability": "computed",
         "steering": "computed"}
     assert 0 < work["scored"] < clean[1]["scored"] and work["counted"] < clean[1]["counted"]
+    # exactly the 12 passes finished before the kill were taken from the parts, none scored again
+    assert work["put"]["evaluation"] == clean[1]["put"]["evaluation"] - 12
 
 
 def test_a_changed_setting_recomputes_exactly_the_stages_it_affects(tmp_path, tiny_hf_dir, prompts):

@@ -140,7 +140,7 @@ def _run_plan(
                     parts = _score_unit(model, scorer, rows, owner, sel[idx], hooks[k], batch_size, bar)
                     got = {names[i]: _cat(parts.get(i)) for i in idx}
                     if store is not None:
-                        store.put(repr(k), got)
+                        store.put(repr(k), got, {"evals": list(got)})
                 if not hooks[k]:
                     plain = got
                 nll[k] = got
@@ -148,9 +148,11 @@ def _run_plan(
 
 
 def _stored(store: PartStore | None, key: Hashable, evals: list[str]) -> dict[str, torch.Tensor] | None:
-    """A unit's NLLs kept in ``store`` for exactly these eval corpora, or None."""
+    """A unit's NLLs kept in ``store`` for exactly these eval corpora (in their order), or None."""
     got = store.get(repr(key)) if store is not None else None
-    return got[0] if got is not None and list(got[0]) == evals else None
+    if got is None or not isinstance(got[1], dict) or got[1].get("evals") != evals:
+        return None
+    return {e: got[0][e] for e in evals}
 
 
 def token_nlls(
