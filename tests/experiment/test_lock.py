@@ -49,6 +49,7 @@ def test_a_dead_holders_lock_and_leftovers_are_taken_over(holder):
     out, proc = holder
     proc.kill()  # kill -9: no cleanup ran
     proc.wait()
+    out.mkdir()  # the swap had finished: the backup is a leftover
     stale = [out.parent / ".out.tmp-abc123", out.parent / ".out.old-999"]
     for p in stale:
         p.mkdir()
@@ -81,3 +82,14 @@ def test_cli_second_run_exits_2_with_one_line(holder, capsys):
     assert main(["run", "--out", str(out), "--no-progress", "--no-report"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"tl-culture: error: {out} is being written by process {proc.pid}")
+
+
+def test_a_run_that_died_in_its_swap_gets_the_finished_result_back(tmp_path):
+    out = tmp_path / "out"
+    backup = tmp_path / ".out.old-4242"  # the old result moved aside; the new one never moved in
+    backup.mkdir()
+    (backup / "summary.json").write_text('{"n": 1}', encoding="utf-8")
+    with pytest.warns(RuntimeWarning, match=r"put back .*out from \.out\.old-4242, moved aside by a run that died"):
+        with pytest.raises(RuntimeError, match="stop"), RunDir.staged(out):
+            raise RuntimeError("stop")
+    assert RunDir.open(out).read_summary() == {"n": 1} and not backup.exists()

@@ -51,7 +51,17 @@ def _holder(text: str) -> str:
 
 
 def _remove_leftovers(out: Path) -> None:
-    """Remove the staging and backup folders of runs into ``out`` that ended without cleaning up."""
+    """Remove the staging and backup folders of runs into ``out`` that ended without cleaning up.
+
+    A run that died in the middle of its swap (the old ``out`` moved aside, the new one not yet in
+    place) leaves no ``out`` but a backup: the backup is moved back first, so a finished result is
+    never lost (the unfinished run's work folder then makes it anew).
+    """
+    backups = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if backups and not out.exists():
+        os.replace(backups[-1], out)
+        warnings.warn(f"put back {out} from {backups[-1].name}, moved aside by a run that died while replacing it",
+                      RuntimeWarning, stacklevel=3)
     left = sorted(p for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*") for p in out.parent.glob(pattern))
     for p in left:
         shutil.rmtree(p, ignore_errors=True)
