@@ -76,7 +76,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def _note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"tl-culture: note: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
 
