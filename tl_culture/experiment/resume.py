@@ -97,6 +97,7 @@ class Resume:
 
     def __init__(self, run: RunDir, inputs: dict[str, dict[str, Any]], out: str | Path) -> None:
         self.run, self.inputs, self.out = run, inputs, out
+        self.keys = {stage: fingerprint(inp) for stage, inp in inputs.items()}  # what its parts carry
         self.why: dict[str, str | None] = {}  # stage -> why it is computed (None: reused)
         for stage, inp in inputs.items():
             rec = run.manifest.stage(stage)
@@ -113,7 +114,7 @@ class Resume:
         self.had_parts = {s: self._has_parts(s) for s in inputs if self.why[s] is not None}
 
     def _has_parts(self, stage: str) -> bool:
-        folder = self.run.path / RunDir.PARTS / f"{stage}-{fingerprint(self.inputs[stage])[:16]}"
+        folder = self.run.parts_path(stage, self.keys[stage])
         return folder.is_dir() and any(folder.rglob("*.safetensors"))
 
     def reused(self, stage: str) -> bool:
@@ -123,11 +124,11 @@ class Resume:
     def parts(self, stage: str) -> Path:
         """The parts folder of ``stage``, which is being computed (so recorded)."""
         self.run.manifest.start(stage, self.inputs[stage])
-        return self.run.parts(stage, fingerprint(self.inputs[stage]))
+        return self.run.parts(stage, self.keys[stage])
 
     def store(self, stage: str) -> PartStore:
         """A `PartStore` of ``stage``'s finished units, fingerprinted with its inputs."""
-        return PartStore(self.parts(stage), fingerprint(self.inputs[stage]))
+        return PartStore(self.parts(stage), self.keys[stage])
 
     def finish(self, stage: str, files: list[Path]) -> None:
         """Record that ``stage`` made ``files``."""

@@ -141,13 +141,17 @@ class RunDir:
         with work_folder(out, restart=restart, adopt_if=MANIFEST_FILE, drop=cls.PARTS) as work:
             yield cls(work)
 
+    def parts_path(self, stage: str, settings: str) -> Path:
+        """Where the parts of ``stage`` computed with ``settings`` (a fingerprint) live."""
+        return self.path / self.PARTS / f"{stage}-{settings[:16]}"
+
     def parts(self, stage: str, settings: str) -> Path:
         """The parts folder of an unfinished stage computed with ``settings`` (a fingerprint).
 
         Parts of the same stage made with other settings are removed.
         """
         root = self.path / self.PARTS
-        keep = root / f"{stage}-{settings[:16]}"
+        keep = self.parts_path(stage, settings)
         for old in root.glob(f"{stage}-*") if root.is_dir() else ():
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
