@@ -9,7 +9,15 @@ from tests.conftest import FILES, write_culture_folder
 from tl_culture.counting.collect import collect
 from tl_culture.data.corpus import Corpus, load_corpus
 from tl_culture.data.rows import SEPARATOR
-from tl_culture.data.sampling import capped_sample, document_record, documents_used, line_ranges, shuffled
+from tl_culture.data.sampling import (
+    capped_sample,
+    covering_cap,
+    document_record,
+    documents_used,
+    line_ranges,
+    packed_lengths,
+    shuffled,
+)
 from tl_culture.errors import TLCultureError
 
 
@@ -69,6 +77,21 @@ def test_documents_used_matches_the_packing(folder, tiny_hf_model):
         assert total >= cap or k == len(c)
         assert k == 1 or sum(lengths[: k - 1]) + sep * (k - 2) < cap
     assert documents_used(c, tok, None) == len(c)
+
+
+def test_covering_cap_reads_the_least_documents(folder, tiny_hf_model):
+    c = shuffled(load_corpus(folder), 0)
+    tok = tiny_hf_model.tokenizer
+    lengths = [len(tok(d, add_special_tokens=False)["input_ids"]) for d in c.documents]
+    sep = len(tok(SEPARATOR, add_special_tokens=False)["input_ids"])
+    assert list(packed_lengths(c, tok)) == [lengths[0]] + [n + sep for n in lengths[1:]]
+    ten = sum(lengths[:10]) + 9 * sep  # the packed tokens of the first ten documents
+    assert covering_cap(c, tok, 5, 10) == ten and documents_used(c, tok, ten) == 10
+    assert covering_cap(c, tok, ten + 7, 10) == ten + 7  # a cap that already covers them is kept
+    assert covering_cap(c, tok, 5, 10**6) == sum(lengths) + (len(c) - 1) * sep  # fewer documents: all of them
+    assert covering_cap(c, tok, 5, None) == 5 and covering_cap(c, tok, None, 10) is None
+    rows = Corpus("rows", rows=torch.ones(3, 8, dtype=torch.long))
+    assert covering_cap(rows, tok, 5, 10) == 5  # token rows have no documents: the cap stays
 
 
 def test_head_split_and_max_documents(folder):

@@ -53,6 +53,19 @@ def test_padded_batches_give_each_corpus_alone(tiny_hf_model):
             torch.testing.assert_close(together[key][name], alone[key][name], rtol=0, atol=1e-6)
 
 
+def test_a_cap_per_corpus_scores_each_corpus_as_its_own_cap_would(tiny_hf_model):
+    ev = {"en": ["the cat sat on the mat"] * 4, "de": ["der Hund schläft auf dem Sofa"] * 4}
+    kw = dict(seq_len=8, batch_size=2, progress=False)
+    both, info = token_nlls(tiny_hf_model, ev, {"base": None}, max_tokens={"en": 5, "de": 17}, **kw)
+    assert [len(both["base"][e]) for e in ev] == [5, 17] and info["max_tokens"] == {"en": 5, "de": 17}
+    for name, cap in (("en", 5), ("de", 17)):
+        alone, _ = token_nlls(tiny_hf_model, {name: ev[name]}, {"base": None}, max_tokens=cap, **kw)
+        torch.testing.assert_close(both["base"][name], alone["base"][name], rtol=0, atol=1e-6)
+    uncapped, _ = token_nlls(tiny_hf_model, ev, {"base": None}, max_tokens={"en": 5}, **kw)
+    full, _ = token_nlls(tiny_hf_model, {"de": ev["de"]}, {"base": None}, max_tokens=None, **kw)
+    assert len(uncapped["base"]["de"]) == len(full["base"]["de"]) > 17  # a corpus not named is scored whole
+
+
 def test_hooks_already_on_the_model_stay_on_for_every_pass(tiny_models, ab_neurons):
     model = tiny_models["dense"]
     ids = xy_corpora()["x"].rows

@@ -42,6 +42,7 @@ def test_every_field_is_a_documented_option():
         (dict(seq_len=1), "--seq-len must be at least 2, got 1"),
         (dict(batch_size=0), "--batch-size must be at least 1, got 0"),
         (dict(max_tokens=0), "--max-tokens must be positive, got 0"),
+        (dict(eval_min_documents=0), "--eval-min-documents must be positive, got 0"),
         (dict(top_rate=1.0), "top-rate must be in (0, 1), got 1.0"),
         (dict(eval_fraction=0.0), "eval-fraction must be in (0, 1), got 0.0"),
         (dict(max_documents=0), "max_documents must be positive, got 0"),

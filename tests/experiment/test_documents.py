@@ -72,3 +72,23 @@ def test_summary_has_layer_profiles(tmp_path, tiny_hf_model):
 
     empty = layer_profile(NeuronSet(["a"], torch.zeros(1, L, union.shape[1], dtype=torch.bool)))
     assert empty == {"union_per_layer": [0] * L, "union": 0, "mean_relative_depth": None}
+
+
+def test_eval_min_documents_raises_the_cap_of_short_corpora(tmp_path, tiny_hf_model):
+    langs, cults = _corpora(tmp_path)
+    kw = dict(languages=langs, cultures=cults, seq_len=32, max_tokens=300, top_rate=0.1, progress=False,
+              report=False, eval_tokens=20, control_seeds=1, bootstrap=50, stability=False, examples=False)
+    run_experiment(ExperimentConfig(out=str(tmp_path / "floor"), eval_min_documents=10, **kw), model=tiny_hf_model)
+    run = RunDir.open(tmp_path / "floor")
+    docs, nll = run.read_documents(), run.read_nll()["culture"]
+    for name, held in docs["evaluation"].items():
+        want = min(10, held["documents"])  # a language holds out 6 documents: all of them are scored
+        assert held["used"] == want and held["max_tokens"] > 20  # ten short documents need more than 20 tokens
+        if name in nll.evals:
+            col = nll.evals.index(name)
+            assert int(nll.tokens[col]) == held["max_tokens"] and int(nll.bootstrap_units[col]) == want == 10
+    assert nll.meta["max_tokens"] == {n: d["max_tokens"] for n, d in docs["evaluation"].items()}
+    run_experiment(ExperimentConfig(out=str(tmp_path / "plain"), **kw), model=tiny_hf_model)
+    plain = RunDir.open(tmp_path / "plain")
+    assert all(d["max_tokens"] == 20 and d["used"] < 10 for d in plain.read_documents()["evaluation"].values())
+    assert all(int(n) <= 20 for n in plain.read_nll()["culture"].tokens)

@@ -180,6 +180,8 @@ def test_small_shared_data_config_dry_runs(shared_data, tmp_path, capsys):
     out = tmp_path / "o"
     assert main(["run", "--config", str(SMALL), "--dry-run", "--out", str(out)]) == 0
     assert "dry run: no problems found" in capsys.readouterr().out and not out.exists()
+    assert main(["run", "--config", str(SMALL), "--dry-run", "--out", str(out), "--eval-min-documents", "30"]) == 0
+    assert "up to 256 scored tokens each (at least 30 documents), 3 control seed(s)" in capsys.readouterr().out
     cfg = ExperimentConfig.from_file(SMALL, out=str(out))
     settings = (cfg.model, cfg.seq_len, cfg.eval_mode, cfg.eval_tokens, cfg.control_seeds)
     assert settings == ("default", 256, "all", 256, 3)  # the setting of docs/findings.md

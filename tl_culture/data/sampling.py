@@ -7,7 +7,9 @@ shuffled with a seeded permutation (`capped_sample`): the cap takes a uniformly 
 documents from every file. Without a cap nothing is reordered.
 
 `documents_used` says how many documents of that order a cap draws on (the last one possibly in
-part), and `document_record` describes them for the run folder: per source file the number of
+part); `covering_cap` raises a cap so that it covers a least number of documents (held-out
+corpora of short documents then still give the document bootstrap enough units); and
+`document_record` describes them for the run folder: per source file the number of
 documents and their line numbers as ranges (``"3-5,9"``), so a reader can check overlap between
 stages and the balance of files (genres).
 """
@@ -15,6 +17,8 @@ stages and the balance of files (genres).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import torch
@@ -39,21 +43,45 @@ def capped_sample(corpus: Corpus, max_tokens: int | None, seed: int | None) -> C
     return shuffled(corpus, seed)
 
 
+def packed_lengths(corpus: Corpus, tokenizer: Any, separator: str = SEPARATOR) -> Iterator[int]:
+    """Tokens each document of ``corpus`` adds to the packed stream, in order.
+
+    Packing joins the documents with ``separator`` (`tl_culture.data.rows.encode`); a document's
+    length includes the separator tokens before it (none before the first).
+    """
+    sep = len(tokenizer(separator, add_special_tokens=False)["input_ids"]) if separator else 0
+    for i, doc in enumerate(corpus.documents or []):
+        yield len(tokenizer(doc, add_special_tokens=False)["input_ids"]) + (sep if i else 0)
+
+
 def documents_used(corpus: Corpus, tokenizer: Any, max_tokens: int | None, separator: str = SEPARATOR) -> int:
     """How many leading documents of ``corpus`` the first ``max_tokens`` packed tokens draw on.
 
-    Packing joins the documents with ``separator`` (`tl_culture.data.rows.encode`); a document
-    counts when at least one of its tokens (or of the separator before it) is within the cap.
+    A document counts when at least one of its tokens (or of the separator before it) is within the cap.
     """
     if max_tokens is None or corpus.documents is None or tokenizer is None:
         return len(corpus)
-    sep = len(tokenizer(separator, add_special_tokens=False)["input_ids"]) if separator else 0
     total = 0
-    for i, doc in enumerate(corpus.documents):
-        total += len(tokenizer(doc, add_special_tokens=False)["input_ids"]) + (sep if i else 0)
+    for i, n in enumerate(packed_lengths(corpus, tokenizer, separator)):
+        total += n
         if total >= max_tokens:
             return i + 1
     return len(corpus)
+
+
+def covering_cap(
+    corpus: Corpus, tokenizer: Any, max_tokens: int | None, min_documents: int | None, separator: str = SEPARATOR
+) -> int | None:
+    """``max_tokens`` raised, where needed, to the packed tokens of the first ``min_documents`` documents.
+
+    ``max(max_tokens, Σ_{i < min_documents} len_i)`` with ``len_i`` from `packed_lengths`: the cap
+    then reads at least ``min_documents`` whole documents (every one when the corpus has fewer).
+    No cap (None) stays None; so does a corpus of token rows (no documents), whose cap is kept.
+    """
+    if max_tokens is None or not min_documents or corpus.documents is None or tokenizer is None:
+        return max_tokens
+    total = sum(islice(packed_lengths(corpus, tokenizer, separator), min_documents))
+    return max(max_tokens, total)
 
 
 def line_ranges(lines: list[int]) -> str:
@@ -90,4 +118,5 @@ def document_record(corpus: Corpus, used: int | None = None) -> dict[str, Any]:
     return rec
 
 
-__all__ = ["capped_sample", "document_record", "documents_used", "line_ranges", "shuffled"]
+__all__ = ["capped_sample", "covering_cap", "document_record", "documents_used", "line_ranges", "packed_lengths",
+           "shuffled"]

@@ -93,7 +93,7 @@ def unit_counts(units: Mapping[str, Int[torch.Tensor, " token"]], warn: bool = T
     few = {e: n for e, n in counts.items() if n < MIN_UNITS}
     if few and warn:
         warnings.warn(f"bootstrap over fewer than {MIN_UNITS} documents for {few}: the CIs are unreliable; "
-                      "score more held-out tokens (eval_tokens)", stacklevel=2)
+                      "score more held-out tokens (eval_tokens; in a run, eval_min_documents)", stacklevel=2)
     return counts
 
 

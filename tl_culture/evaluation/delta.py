@@ -107,7 +107,9 @@ def _score(
     **kw: Any,
 ) -> tuple[Scores, dict[str, Any]]:
     """Per-token NLLs of every run, plus the baseline (taken from ``baseline_cache`` when there)."""
-    key = (tuple((n, c.fingerprint) for n, c in named.items()), kw["seq_len"], kw["batch_size"], kw["max_tokens"],
+    cap = kw["max_tokens"]
+    cap = tuple(sorted(cap.items())) if isinstance(cap, Mapping) else cap
+    key = (tuple((n, c.fingerprint) for n, c in named.items()), kw["seq_len"], kw["batch_size"], cap,
            kw["backend"], kw["attention"])
     cached = baseline_cache.get(key) if baseline_cache is not None else None
     todo: dict[Run, Intervention | None] = dict(runs) if cached is not None else {BASELINE: None, **runs}
@@ -178,7 +180,7 @@ def delta_nll(
     groups: Sequence[str] | None = None,
     seq_len: int | None = None,
     batch_size: int = 4,
-    max_tokens: int | None = 256,
+    max_tokens: int | None | Mapping[str, int | None] = 256,
     controls: int = 1,
     seed: int = 0,
     bootstrap: int = 1000,
@@ -210,7 +212,7 @@ def delta_nll(
         seq_len: tokens per row (BOS included); default 256, or the model's context where that is
             shorter (`tl_culture.evaluation.nll.DEFAULT_SEQ_LEN`).
         batch_size: rows per forward; memory ≈ batch_size × seq_len × d_vocab × 4 bytes of logits.
-        max_tokens: scored tokens per eval corpus (None = all).
+        max_tokens: scored tokens per eval corpus (None = all), or a cap per eval corpus (`token_nlls`).
         controls: random-neuron control seeds per group (0 = none).
         seed: seed of the random controls and the bootstrap.
         bootstrap: bootstrap resamples for the CIs (0 = none).

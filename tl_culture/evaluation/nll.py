@@ -162,7 +162,7 @@ def token_nlls(
     *,
     seq_len: int | None = None,
     batch_size: int = 4,
-    max_tokens: int | None = 256,
+    max_tokens: int | None | Mapping[str, int | None] = 256,
     progress: bool = True,
     desc: str = "Δ NLL",
     evals_of: Mapping[K, Collection[str]] | None = None,
@@ -182,7 +182,8 @@ def token_nlls(
         seq_len: tokens per row (BOS included); default `DEFAULT_SEQ_LEN`, or the model's context
             where that is shorter.
         batch_size: rows per forward.
-        max_tokens: scored tokens per eval corpus (None = all).
+        max_tokens: scored tokens per eval corpus (None = all); a mapping gives each eval corpus
+            its own cap (corpora not in it: all).
         progress: show a tqdm bar (scored tokens per second).
         desc: the bar's label.
         evals_of: key -> the eval corpora it is scored on (keys not in it: every corpus).
@@ -206,7 +207,8 @@ def token_nlls(
     named = as_corpora(eval_corpora)
     names = list(named)
     tok = getattr(model, "tokenizer", None)
-    rows, owner = stack_rows([encode(c, tok, seq_len, pack=True, max_tokens=max_tokens) for c in named.values()])
+    caps = max_tokens if isinstance(max_tokens, Mapping) else dict.fromkeys(names, max_tokens)
+    rows, owner = stack_rows([encode(c, tok, seq_len, pack=True, max_tokens=caps.get(n)) for n, c in named.items()])
     plan = _plan(list(interventions), names, evals_of)
     t0 = time.perf_counter()
     scorer, info = choose_scorer(model, backend, attention, rows.input_ids, rows.count_mask)

@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 
 from tl_culture.data.corpus import Corpus
 from tl_culture.data.rows import SEPARATOR
+from tl_culture.data.sampling import packed_lengths
 from tl_culture.evaluation.bootstrap import CI_LEVEL
 
 MIN_BLOCK = 128
@@ -50,12 +51,10 @@ def document_lengths(corpus: Corpus, tokenizer: Any, n_tokens: int, separator: s
     if corpus.documents is None or tokenizer is None:
         width = int(corpus.rows.shape[1]) if corpus.rows is not None else n_tokens
         return _cut([width] * math.ceil(n_tokens / max(1, width)), n_tokens)
-    sep = len(tokenizer(separator, add_special_tokens=False)["input_ids"]) if separator else 0
     out, total = [], 0
-    for i, doc in enumerate(corpus.documents):
+    for n in packed_lengths(corpus, tokenizer, separator):
         if total >= n_tokens:
             break
-        n = len(tokenizer(doc, add_special_tokens=False)["input_ids"]) + (sep if i else 0)
         out.append(n)
         total += n
     return _cut(out, n_tokens)

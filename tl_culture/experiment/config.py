@@ -39,8 +39,8 @@ STAGE_FIELDS = {
     "count": _TEXT + _COUNT,
     "selection": (*_LAPE, "pairs"),
     "examples": ("examples_tokens", "seq_len", "batch_size", "allow_long_context"),
-    "evaluation": ("eval_mode", "eval_tokens", "eval_batch_size", "control_seeds", "control_cells", "bootstrap",
-                   "seq_len", "backend", "attention", "allow_long_context", *_TEXT),
+    "evaluation": ("eval_mode", "eval_tokens", "eval_min_documents", "eval_batch_size", "control_seeds",
+                   "control_cells", "bootstrap", "seq_len", "backend", "attention", "allow_long_context", *_TEXT),
     "stability": _TEXT + _COUNT + _LAPE,
     "steering": ("steer_tokens", "control_seeds", "seed", "allow_long_context"),
 }
@@ -117,6 +117,9 @@ class ExperimentConfig:
         "skip the Δ NLL evaluation stage (nll/{category}.json)", flag="--no-eval"))
     eval_tokens: int | None = field(default=128, metadata=_opt(
         "scored held-out tokens per eval corpus; null in a JSON config scores every token", check="positive"))
+    eval_min_documents: int | None = field(default=None, metadata=_opt(
+        "score at least this many held-out documents of every eval corpus, raising its eval_tokens cap where "
+        "its documents are short (30 gives the document bootstrap its 30 units)", check="positive"))
     eval_batch_size: int = field(default=4, metadata=_opt("rows per evaluation forward", check="positive"))
     control_seeds: int = field(default=DEFAULT_CONTROLS, metadata=_opt(
         "random-neuron control draws per group, outside every selected neuron (0 = none)", flag="--controls",
@@ -179,6 +182,8 @@ class ExperimentConfig:
                 raise TLCultureError(f"{name.replace('_', '-')} must be in (0, 1), got {v}")
         if self.eval_tokens is not None and self.eval_tokens < 1:
             raise TLCultureError(f"--eval-tokens must be positive, got {self.eval_tokens}")
+        if self.eval_min_documents is not None and self.eval_min_documents < 1:
+            raise TLCultureError(f"--eval-min-documents must be positive, got {self.eval_min_documents}")
         if self.examples_tokens is not None and self.examples_tokens < 1:
             raise TLCultureError(f"--examples-tokens must be positive, got {self.examples_tokens}")
         if self.steer_tokens < 1:

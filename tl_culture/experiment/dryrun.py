@@ -158,7 +158,8 @@ class RunPlan:
         n_eval = len(self.corpora)
         cells = "each set's own text" if cfg.control_cells == "own" else "every cell"
         evaluate = (f"Δ NLL of {', '.join(CATEGORIES)} on {n_eval} held-out corpora ({cfg.eval_mode}), "
-                    f"{'every' if cfg.eval_tokens is None else f'up to {cfg.eval_tokens:,}'} scored tokens each, "
+                    f"{'every' if cfg.eval_tokens is None else f'up to {cfg.eval_tokens:,}'} scored tokens each"
+                    f"{f' (at least {cfg.eval_min_documents:,} documents)' if cfg.eval_min_documents else ''}, "
                     f"{cfg.control_seeds} control seed(s) on {cells}, {cfg.bootstrap:,} bootstrap resamples, "
                     f"backend {cfg.backend}")
         short = [f"{c.side} {c.name}" for c in self.corpora if c.tokens is not None and cfg.eval_tokens is not None

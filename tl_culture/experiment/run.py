@@ -39,6 +39,7 @@ from tl_culture.experiment.resume import Resume, stage_inputs
 from tl_culture.experiment.rundir import RunDir
 from tl_culture.experiment.stages import (
     count_stage,
+    eval_caps,
     evaluation_stage,
     examples_stage,
     run_summary,
@@ -126,12 +127,12 @@ def documents_read(
         sampled = capped_sample(c, cap, cfg.seed) if sample else c  # the held-out corpora come sampled
         return {"max_tokens": cap, **document_record(sampled, documents_used(sampled, tok, cap))}
 
-    cap_eval = cfg.eval_tokens if cfg.evaluate else None
+    caps = eval_caps(cfg, model, heldout) if cfg.evaluate else dict.fromkeys(heldout)
     return {
         "split": cfg.split, "eval_fraction": cfg.eval_fraction, "seed": cfg.seed,
         "selection": {side: {g: read(c, cfg.cap("max_tokens", side)) for g, c in corpora.items()}
                       for side, corpora in selection.items()},
-        "evaluation": {name: read(c, cap_eval, sample=False) for name, c in heldout.items()},
+        "evaluation": {name: read(c, caps[name], sample=False) for name, c in heldout.items()},
     }
 
 

@@ -16,6 +16,7 @@ import torch
 from tl_culture.counting.collect import collect
 from tl_culture.counting.stats import ActivationStats
 from tl_culture.data.corpus import Corpus
+from tl_culture.data.sampling import covering_cap
 from tl_culture.evaluation.delta import evaluate_categories, summarize
 from tl_culture.evaluation.langid import LanguageIdentifier
 from tl_culture.evaluation.matrix import NLLMatrix
@@ -110,6 +111,13 @@ def examples_stage(
     return examples, writes
 
 
+def eval_caps(cfg: ExperimentConfig, model: Any, heldout: dict[str, Corpus]) -> dict[str, int | None]:
+    """The scored-token cap of each held-out corpus: ``eval_tokens``, raised where needed to cover
+    its first ``eval_min_documents`` documents (`tl_culture.data.sampling.covering_cap`)."""
+    tok = getattr(model, "tokenizer", None)
+    return {n: covering_cap(c, tok, cfg.eval_tokens, cfg.eval_min_documents) for n, c in heldout.items()}
+
+
 def evaluation_stage(
     cfg: ExperimentConfig,
     model: Any,
@@ -127,7 +135,7 @@ def evaluation_stage(
         return run.read_nll()
     nll = evaluate_categories(
         model, cats, heldout, pairs, mode=cfg.eval_mode, progress=cfg.progress, seq_len=cfg.seq_len,
-        batch_size=cfg.eval_batch_size, max_tokens=cfg.eval_tokens, controls=cfg.control_seeds,
+        batch_size=cfg.eval_batch_size, max_tokens=eval_caps(cfg, model, heldout), controls=cfg.control_seeds,
         control_cells=cfg.control_cells, bootstrap=cfg.bootstrap, seed=cfg.seed, backend=cfg.backend,
         attention=cfg.attention, allow_long_context=cfg.allow_long_context,
         store=resume.store("evaluation") if resume is not None else None,
