@@ -65,13 +65,16 @@ def test_the_recorded_command_made_the_files(page, run):
     flags = dict(re.findall(r"--([a-z-]+) ([^\s-][^\s]*)", cmd))
     assert "--max-tokens" not in cmd and cfg["max_tokens"] is None  # selection on all the selection text
     assert float(flags["eval-fraction"]) == cfg["eval_fraction"]
-    assert int(flags["eval-tokens"]) == cfg["eval_tokens"]
+    assert int(flags["eval-tokens"]) == cfg["eval_tokens"] >= 2000
+    assert int(flags["eval-min-documents"]) == cfg["eval_min_documents"] == 30
     assert int(flags["controls"]) == cfg["control_seeds"]
     assert cfg["stability"] and cfg["prompts"].endswith(flags["prompts"].split("/")[-1])
     assert "--config examples/small_shared_data.toml" in cmd
     nll = run["nll"]["language"]["meta"]
     assert nll["control_seeds"] == cfg["control_seeds"] and nll["control_excludes_selected"] is True
     assert nll["bootstrap_units"] == "documents" and nll["control_cells"] == "own" and nll["backend"] == "native"
+    for m in run["nll"].values():  # at least 2,000 scored tokens and 30 resampling units on every held-out corpus
+        assert min(m["eval_tokens"]) >= 2000 and min(m["bootstrap_units"]) >= 30, m["meta"]["max_tokens"]
 
 
 def test_the_statements_of_the_prose_hold(run, page):
@@ -105,9 +108,12 @@ def test_the_statements_of_the_prose_hold(run, page):
     assert [g for g in ["en", *strong] if beats("pure", g, f"cult:{g}")] == strong
     assert cell("pure", "delta", "zh", "cult:zh") > 3 * cell("pure", "delta", "zh", "lang:zh")
     assert cell("pure", "delta_ci_low", "zh", "lang:zh") > 0
-    for g in ("de", "da", "ru", "fa"):
+    for g in ("de", "da", "fa"):
         ratio = cell("pure", "delta", g, f"cult:{g}") / cell("pure", "delta", g, f"lang:{g}")
         assert 0.8 < ratio < 1.3, (g, ratio)
+    # the Russian pure set (3 neurons) leans a little to culture text, its two CIs overlapping
+    assert cell("pure", "delta", "ru", "cult:ru") > cell("pure", "delta", "ru", "lang:ru")
+    assert cell("pure", "delta_ci_low", "ru", "cult:ru") < cell("pure", "delta_ci_high", "ru", "lang:ru")
     assert run["summary"]["neurons"]["generic"]["generic"] == 0
     # README: the random controls stay below +0.08 on every own-text cell of the language matrix (none elsewhere)
     controls = [x for row in nll["language"]["control_delta"] for x in row if x is not None]
